@@ -1,0 +1,148 @@
+"""The composition root: settings -> objects -> start in order, stop in reverse.
+
+This is the only module that knows every concrete class. Data flow::
+
+    callbacks (web) --> CaptionService (merger, task life) --> Store.publish
+                                                                   |
+    viewers <-- FanoutServer <-- Hub.on_published <----------------+
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import structlog
+from aiohttp import web
+
+from relay import sd_notify
+from relay.config import Settings
+from relay.fanout.hub import Hub
+from relay.fanout.server import FanoutServer, ViewerLimits
+from relay.live.captions import CaptionService
+from relay.metrics import Metrics
+from relay.store.base import Store
+from relay.store.memory import MemoryStore
+from relay.web import callbacks, health, openapi, streams
+from relay.web.errors import error_middleware
+from relay.web.keys import METRICS, READY_CHECKS, SERVICE, SETTINGS, STORE, VIEWER_COUNT
+
+log = structlog.get_logger("relay")
+
+
+def build_store(settings: Settings) -> Store:
+    return MemoryStore(caption_log_max=settings.caption_log_max)
+
+
+def build_web_app(
+    settings: Settings, store: Store, service: CaptionService, hub: Hub, metrics: Metrics
+) -> web.Application:
+    # client_max_size bounds control bodies; callbacks enforce their own, smaller limit.
+    app = web.Application(middlewares=[error_middleware], client_max_size=256 * 1024)
+    app[SETTINGS] = settings
+    app[STORE] = store
+    app[SERVICE] = service
+    app[METRICS] = metrics
+    app[VIEWER_COUNT] = hub.count
+    app[READY_CHECKS] = {}
+    for table in (streams.routes, callbacks.routes, health.routes, openapi.routes):
+        app.add_routes(table)
+    return app
+
+
+@dataclass(frozen=True, slots=True)
+class Bound:
+    """Where a running relay listens (ports resolved when 0 was asked for)."""
+
+    http_port: int
+    ws_port: int
+
+
+class Relay:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.store = build_store(settings)
+        self.hub = Hub(self.metrics)
+        self.service = CaptionService(self.store, self.metrics, settings)
+        self.fanout = FanoutServer(
+            self.store,
+            self.hub,
+            self.metrics,
+            ViewerLimits(
+                max_pending_bytes=settings.viewer_max_pending_bytes,
+                secret=settings.viewer_secret.get_secret_value()
+                if settings.viewer_secret
+                else None,
+            ),
+        )
+        self.web_app = build_web_app(settings, self.store, self.service, self.hub, self.metrics)
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[Bound]:
+        """Start everything; on exit, stop accepting, close viewers (1001), flush the store."""
+        settings = self.settings
+        await self.store.start()
+        self.store.add_listener(self.hub.on_published)
+        runner = web.AppRunner(
+            self.web_app, access_log=None, shutdown_timeout=settings.shutdown_timeout_s
+        )
+        try:
+            await runner.setup()
+            site = web.TCPSite(runner, settings.http_host, settings.http_port)
+            await site.start()
+            ws = await self.fanout.start(settings.ws_host, settings.ws_port)
+            try:
+                async with asyncio.TaskGroup() as tasks:
+                    ticker = tasks.create_task(self.service.run())
+                    bound = Bound(_port(runner), ws.sockets[0].getsockname()[1])
+                    log.info("relay.started", http_port=bound.http_port, ws_port=bound.ws_port)
+                    try:
+                        yield bound
+                    finally:
+                        ticker.cancel()
+            finally:
+                await runner.cleanup()  # stop accepting callbacks and control calls first
+                ws.close()  # then close every viewer with 1001 (going away)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(settings.shutdown_timeout_s):
+                        await ws.wait_closed()
+        finally:
+            await self.store.close()
+            log.info("relay.stopped")
+
+
+def _port(runner: web.AppRunner) -> int:
+    for address in runner.addresses:
+        return int(address[1])
+    raise RuntimeError("the HTTP server did not bind")
+
+
+async def serve(settings: Settings) -> None:
+    """Run until SIGTERM or SIGINT; then shut down gracefully and return."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    relay = Relay(settings)
+    async with relay.running():
+        sd_notify.notify("READY=1")
+        interval = sd_notify.watchdog_interval_s()
+        async with asyncio.TaskGroup() as tasks:
+            if interval is not None:
+                watchdog = tasks.create_task(_watchdog(interval))
+            await stop.wait()
+            log.info("relay.stopping")
+            sd_notify.notify("STOPPING=1")
+            if interval is not None:
+                watchdog.cancel()
+
+
+async def _watchdog(interval: float) -> None:
+    # Pinging from the event loop proves the loop still turns, which is what matters.
+    while True:
+        sd_notify.notify("WATCHDOG=1")
+        await asyncio.sleep(interval)

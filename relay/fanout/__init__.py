@@ -1,0 +1,1 @@
+"""Viewer fan-out: the WebSocket server (``websockets``) and per-stream audiences."""

@@ -1,0 +1,82 @@
+"""One viewer connection: a ``websockets`` server connection that can take prepared frames.
+
+Server-to-client frames are not masked and relay negotiates no compression, so a caption
+event's frame bytes are the same for every viewer of a language: the hub builds them once
+and :meth:`ViewerConnection.offer` writes them straight to the transport. When the socket
+cannot take more (the transport paused writing, or a replay is in progress) frames wait in
+an :class:`~relay.core.outbox.Outbox` and are written when the transport resumes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from websockets.asyncio.server import ServerConnection
+from websockets.frames import Frame, Opcode
+from websockets.protocol import State
+
+from relay.core.outbox import Outbox
+
+CLOSE_SLOW = 1013  # "try again later": the viewer fell too far behind
+
+
+def text_frame(payload: bytes) -> bytes:
+    """The wire bytes of one unmasked, uncompressed text frame."""
+    return Frame(Opcode.TEXT, payload).serialize(mask=False, extensions=[])
+
+
+class ViewerConnection(ServerConnection):
+    """Set by the fan-out server after the handshake: ``outbox_limit``; ``outbox`` on demand."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.outbox: Outbox | None = None  # None: nothing waits (the common case)
+        self.outbox_limit = 1 << 20
+        self.syncing = False  # a replay is being written; live frames wait
+        self.overflowed = False
+
+    def offer(self, frame: bytes, seq: int | None, coalesce: bool) -> bool:
+        """Write or hold one prepared frame; False when the viewer is over its bound.
+
+        Never blocks and never raises for a closing connection (the frame is dropped).
+        """
+        if self.protocol.state is not State.OPEN or self.overflowed:
+            return True
+        if self.outbox is None and not self.paused and not self.syncing:
+            self.transport.write(frame)
+            return True
+        if self.outbox is None:
+            self.outbox = Outbox(self.outbox_limit)
+        if not self.outbox.push(frame, seq, coalesce=coalesce):
+            self.overflowed = True
+            self.outbox = None  # free it now; the viewer is being closed
+            return False
+        return True
+
+    def end_sync(self, replayed_through: int) -> None:
+        """The replay up to ``replayed_through`` was written: release the live frames."""
+        self.syncing = False
+        if self.outbox is not None:
+            self.outbox.drop_through(replayed_through)
+            self._flush()
+
+    def write_now(self, frame: bytes) -> None:
+        """Write a frame ahead of the policy (hello and replay, in the handler's order)."""
+        if self.protocol.state is State.OPEN:
+            self.transport.write(frame)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if not self.syncing:
+            self._flush()
+
+    def _flush(self) -> None:
+        outbox = self.outbox
+        if outbox is None:
+            return
+        while not self.paused and self.protocol.state is State.OPEN:
+            frame = outbox.pop()
+            if frame is None:
+                self.outbox = None
+                return
+            self.transport.write(frame)

@@ -1,0 +1,53 @@
+"""Prometheus metrics, on a registry of their own so that several apps can share a process."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.callbacks = Counter(
+            "relay_callbacks", "Recognizer callbacks by outcome.", ["result"], registry=r
+        )
+        self.callback_seconds = Histogram(
+            "relay_callback_seconds",
+            "Time to verify, merge and store one accepted callback.",
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0),
+            registry=r,
+        )
+        self.captions = Counter(
+            "relay_caption_events", "Caption events published, by type.", ["type"], registry=r
+        )
+        self.task_transitions = Counter(
+            "relay_task_transitions", "Task state changes.", ["to"], registry=r
+        )
+        self.tasks = Gauge(
+            "relay_tasks", "Tasks known to this instance, by state.", ["state"], registry=r
+        )
+        self.viewers = Gauge("relay_viewers", "Connected viewers.", registry=r)
+        self.viewer_rejects = Counter(
+            "relay_viewer_rejects", "Viewer connections refused, by reason.", ["reason"], registry=r
+        )
+        self.viewer_disconnects = Counter(
+            "relay_viewer_disconnects",
+            "Viewers closed by relay, by reason (slow: past the pending-bytes bound).",
+            ["reason"],
+            registry=r,
+        )
+        self.deliveries = Counter(
+            "relay_deliveries", "Caption frames handed to viewer sockets.", registry=r
+        )
+        self.coalesced = Counter(
+            "relay_partials_coalesced",
+            "Partials replaced by a newer one before sending.",
+            registry=r,
+        )
+        self.http_requests = Counter(
+            "relay_http_requests",
+            "Control and callback HTTP responses.",
+            ["route", "status"],
+            registry=r,
+        )

@@ -1,0 +1,1 @@
+"""The HTTP surface (aiohttp): control API, callback ingestion, health, metrics, OpenAPI."""
