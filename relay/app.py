@@ -19,7 +19,7 @@ import structlog
 from aiohttp import web
 
 from relay import sd_notify
-from relay.config import Settings
+from relay.config import PublicUrls, Settings
 from relay.fanout.hub import Hub
 from relay.fanout.server import FanoutServer, ViewerLimits
 from relay.live.captions import CaptionService
@@ -28,7 +28,7 @@ from relay.store.base import Store
 from relay.store.memory import MemoryStore
 from relay.web import callbacks, health, openapi, streams
 from relay.web.errors import error_middleware
-from relay.web.keys import METRICS, READY_CHECKS, SERVICE, SETTINGS, STORE, VIEWER_COUNT
+from relay.web.keys import METRICS, READY_CHECKS, SERVICE, SETTINGS, STORE, URLS, VIEWER_COUNT
 
 log = structlog.get_logger("relay")
 
@@ -37,16 +37,15 @@ def build_store(settings: Settings) -> Store:
     return MemoryStore(caption_log_max=settings.caption_log_max)
 
 
-def build_web_app(
-    settings: Settings, store: Store, service: CaptionService, hub: Hub, metrics: Metrics
-) -> web.Application:
+def build_web_app(relay: Relay) -> web.Application:
     # client_max_size bounds control bodies; callbacks enforce their own, smaller limit.
     app = web.Application(middlewares=[error_middleware], client_max_size=256 * 1024)
-    app[SETTINGS] = settings
-    app[STORE] = store
-    app[SERVICE] = service
-    app[METRICS] = metrics
-    app[VIEWER_COUNT] = hub.count
+    app[SETTINGS] = relay.settings
+    app[URLS] = relay.urls
+    app[STORE] = relay.store
+    app[SERVICE] = relay.service
+    app[METRICS] = relay.metrics
+    app[VIEWER_COUNT] = relay.hub.count
     app[READY_CHECKS] = {}
     for table in (streams.routes, callbacks.routes, health.routes, openapi.routes):
         app.add_routes(table)
@@ -65,9 +64,10 @@ class Relay:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.metrics = Metrics()
+        self.urls = PublicUrls.from_settings(settings)
         self.store = build_store(settings)
         self.hub = Hub(self.metrics)
-        self.service = CaptionService(self.store, self.metrics, settings)
+        self.service = CaptionService(self.store, self.metrics, settings, self.urls)
         self.fanout = FanoutServer(
             self.store,
             self.hub,
@@ -79,7 +79,7 @@ class Relay:
                 else None,
             ),
         )
-        self.web_app = build_web_app(settings, self.store, self.service, self.hub, self.metrics)
+        self.web_app = build_web_app(self)
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[Bound]:
@@ -99,6 +99,7 @@ class Relay:
                 async with asyncio.TaskGroup() as tasks:
                     ticker = tasks.create_task(self.service.run())
                     bound = Bound(_port(runner), ws.sockets[0].getsockname()[1])
+                    self.urls.bound(settings, bound.http_port, bound.ws_port)
                     log.info("relay.started", http_port=bound.http_port, ws_port=bound.ws_port)
                     try:
                         yield bound

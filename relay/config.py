@@ -6,6 +6,7 @@ defaults are the embedded ones: memory store, local engine, loopback only.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -57,14 +58,6 @@ class Settings(BaseSettings):
     def _no_trailing_slash(cls, value: str) -> str:
         return value.rstrip("/")
 
-    @property
-    def callback_base_url(self) -> str:
-        return self.public_url or f"http://{_url_host(self.http_host)}:{self.http_port}"
-
-    @property
-    def viewer_base_url(self) -> str:
-        return self.public_ws_url or f"ws://{_url_host(self.ws_host)}:{self.ws_port}"
-
     @classmethod
     def settings_customise_sources(
         cls,
@@ -88,6 +81,31 @@ def load(config_file: Path | None = None, **overrides: Any) -> Settings:
     with_file = type("Settings", (Settings,), {"model_config": config})
     settings: Settings = with_file(**overrides)
     return settings
+
+
+@dataclass(slots=True)
+class PublicUrls:
+    """Base URLs others use to reach relay: the cloud (callbacks), viewers, overlays.
+
+    Derived from the listen addresses unless RELAY_PUBLIC_URL / RELAY_PUBLIC_WS_URL are set;
+    :meth:`bound` fills in the real ports once the servers listen (port 0 picks one).
+    """
+
+    http: str
+    ws: str
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> PublicUrls:
+        return cls(
+            settings.public_url or f"http://{_url_host(settings.http_host)}:{settings.http_port}",
+            settings.public_ws_url or f"ws://{_url_host(settings.ws_host)}:{settings.ws_port}",
+        )
+
+    def bound(self, settings: Settings, http_port: int, ws_port: int) -> None:
+        if not settings.public_url:
+            self.http = f"http://{_url_host(settings.http_host)}:{http_port}"
+        if not settings.public_ws_url:
+            self.ws = f"ws://{_url_host(settings.ws_host)}:{ws_port}"
 
 
 def masked(settings: Settings) -> dict[str, Any]:

@@ -10,6 +10,7 @@ docs/callbacks.md).
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -55,7 +56,7 @@ def parse_callback(body: bytes) -> Callback:
     """Parse a callback body; raise :class:`CallbackFormatError` when it is malformed."""
     try:
         outer = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
         raise CallbackFormatError("malformed_json", f"body is not JSON: {exc}") from None
     if not isinstance(outer, dict):
         raise CallbackFormatError("malformed_json", "body must be a JSON object")
@@ -66,7 +67,7 @@ def parse_callback(body: bytes) -> Callback:
     if isinstance(content, str):
         try:
             content = json.loads(content)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise CallbackFormatError("malformed_content", f"content is not JSON: {exc}") from None
     if not isinstance(content, dict):
         raise CallbackFormatError("malformed_content", "content must hold a JSON object")
@@ -128,8 +129,8 @@ def _int(
 ) -> int:
     value = obj.get(key, default)
     # bool is an int in Python; a recognizer never means True as a number.
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise CallbackFormatError("malformed_content", f"{where}.{key} must be a number")
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise CallbackFormatError("malformed_content", f"{where}.{key} must be a finite number")
     return int(value)
 
 
@@ -143,7 +144,9 @@ def _str(obj: Mapping[str, Any], key: str) -> str:
 
 
 def _words(payload: Mapping[str, Any]) -> tuple[Word, ...]:
-    raw = payload.get("words") or ()
+    raw = payload.get("words")
+    if raw is None:
+        return ()
     if not isinstance(raw, list):
         raise CallbackFormatError("malformed_content", "payload.words must be a list")
     words = []

@@ -24,7 +24,9 @@ class Verdict(StrEnum):
 
 def sign(sig_time: str, callback_url: str, auth_key: str) -> str:
     """Return the ASR-SIG value for these inputs."""
-    digest = hashlib.md5(f"{sig_time}/{callback_url}/{auth_key}".encode(), usedforsecurity=False)
+    # surrogateescape: hash the bytes as received, even when a header was not valid UTF-8.
+    message = f"{sig_time}/{callback_url}/{auth_key}".encode("utf-8", "surrogateescape")
+    digest = hashlib.md5(message, usedforsecurity=False)
     return digest.hexdigest()
 
 

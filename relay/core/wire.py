@@ -18,7 +18,9 @@ IDLE = "idle"  # the `state` a hello reports while the stream has no task
 
 def encode(published: Published, lang: str | None = None) -> bytes:
     """The JSON text frame payload for one published event, as seen by a ``lang`` viewer."""
-    return _dumps(to_message(published, lang)).encode()
+    # "replace": a lone surrogate (valid JSON escape, invalid UTF-8) becomes "?" rather than
+    # failing the frame for every viewer.
+    return _dumps(to_message(published, lang)).encode("utf-8", "replace")
 
 
 def to_message(published: Published, lang: str | None = None) -> dict[str, Any]:
@@ -62,7 +64,7 @@ def to_message(published: Published, lang: str | None = None) -> dict[str, Any]:
 
 def encode_hello(stream_id: str, state: TaskState | None, seq: int) -> bytes:
     message = {"type": "hello", "stream_id": stream_id, "state": str(state or IDLE), "seq": seq}
-    return _dumps(message).encode()
+    return _dumps(message).encode("utf-8", "replace")
 
 
 def translates_to(published: Published, lang: str) -> bool:

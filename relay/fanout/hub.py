@@ -42,13 +42,15 @@ class Hub:
 
     # --- membership -----------------------------------------------------------------
 
-    def join(self, stream_id: str, viewer: ViewerConnection, lang: str | None) -> None:
-        audience = self._audiences.setdefault(stream_id, _Audience())
-        audience.groups.setdefault(lang, set()).add(viewer)
+    def join(self, viewer: ViewerConnection) -> None:
+        audience = self._audiences.setdefault(viewer.stream_id, _Audience())
+        audience.groups.setdefault(viewer.lang, set()).add(viewer)
         self._total += 1
         self._metrics.viewers.set(self._total)
 
-    def leave(self, stream_id: str, viewer: ViewerConnection, lang: str | None) -> None:
+    def leave(self, viewer: ViewerConnection) -> None:
+        """Remove a viewer; safe to call more than once."""
+        stream_id, lang = viewer.stream_id, viewer.lang
         audience = self._audiences.get(stream_id)
         group = audience.groups.get(lang) if audience else None
         if audience is None or group is None or viewer not in group:
@@ -86,11 +88,11 @@ class Hub:
             return
         batch, audience.pending, audience.scheduled = audience.pending, [], False
         for published in _coalesce(batch, self._metrics):
-            self._deliver(stream_id, audience, published)
+            self._deliver(audience, published)
         if not audience.groups:
             self._audiences.pop(stream_id, None)
 
-    def _deliver(self, stream_id: str, audience: _Audience, published: Published) -> None:
+    def _deliver(self, audience: _Audience, published: Published) -> None:
         event = published.event
         coalesce = isinstance(event, Partial)
         seq = None if isinstance(event, StateChanged) else published.seq
@@ -107,11 +109,16 @@ class Hub:
             delivered += len(viewers)
         self._metrics.deliveries.inc(delivered)
         for viewer in slow:
-            self._close_slow(stream_id, viewer)
+            self._close_slow(viewer)
 
-    def _close_slow(self, stream_id: str, viewer: ViewerConnection) -> None:
+    def _close_slow(self, viewer: ViewerConnection) -> None:
+        # Leave now, not when the closing handshake ends: a viewer that never reads would
+        # hold its place (and count) for the whole close timeout.
+        self.leave(viewer)
         self._metrics.viewer_disconnects.labels(reason="slow").inc()
-        log.warning("viewer.too_slow", stream_id=stream_id, remote=str(viewer.remote_address))
+        log.warning(
+            "viewer.too_slow", stream_id=viewer.stream_id, remote=str(viewer.remote_address)
+        )
         task = asyncio.get_running_loop().create_task(
             viewer.close(CLOSE_SLOW, "too far behind; reconnect with since=")
         )

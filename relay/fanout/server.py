@@ -127,9 +127,10 @@ class FanoutServer:
         parsed = parse_viewer_path(conn.request.path)
         assert isinstance(parsed, ViewerRequest)  # checked in _process_request
         conn.outbox_limit = self._limits.max_pending_bytes
+        conn.stream_id, conn.lang = parsed.stream_id, parsed.lang
         with bound_contextvars(stream_id=parsed.stream_id):
             conn.syncing = True
-            self._hub.join(parsed.stream_id, conn, parsed.lang)
+            self._hub.join(conn)
             try:
                 await self._greet(conn, parsed)
                 async for _ in conn:  # drain whatever a viewer sends; it means nothing
@@ -137,7 +138,7 @@ class FanoutServer:
             except ConnectionClosed:
                 pass
             finally:
-                self._hub.leave(parsed.stream_id, conn, parsed.lang)
+                self._hub.leave(conn)
 
     async def _greet(self, conn: ViewerConnection, req: ViewerRequest) -> None:
         """hello, then the replay, then release the live frames held meanwhile."""
@@ -147,7 +148,7 @@ class FanoutServer:
             log.warning("viewer.replay_failed", code=exc.code)
             await conn.close(1011, "store unavailable; reconnect with since=")
             return
-        conn.write_now(wire.encode_hello(req.stream_id, replay.state, replay.seq))
+        conn.write_now(text_frame(wire.encode_hello(req.stream_id, replay.state, replay.seq)))
         last = replay.seq if req.since is None else max(req.since, 0)
         for published in replay.finals:
             conn.write_now(text_frame(wire.encode(published, req.lang)))

@@ -26,10 +26,12 @@ def text_frame(payload: bytes) -> bytes:
 
 
 class ViewerConnection(ServerConnection):
-    """Set by the fan-out server after the handshake: ``outbox_limit``; ``outbox`` on demand."""
+    """Set by the fan-out server after the handshake: what it watches, ``outbox_limit``."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.stream_id = ""
+        self.lang: str | None = None  # None: the source language
         self.outbox: Outbox | None = None  # None: nothing waits (the common case)
         self.outbox_limit = 1 << 20
         self.syncing = False  # a replay is being written; live frames wait

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from relay.config import Settings
+from relay.config import PublicUrls, Settings
 from relay.core import signature
 from relay.core.callback import CallbackFormatError, parse_callback
 from relay.core.events import (
@@ -82,6 +82,7 @@ class CaptionService:
         store: Store,
         metrics: Metrics,
         settings: Settings,
+        urls: PublicUrls,
         *,
         engines: Mapping[str, Engine] | None = None,
         clock: Callable[[], float] = time.time,
@@ -89,6 +90,7 @@ class CaptionService:
         self._store = store
         self._metrics = metrics
         self._settings = settings
+        self._urls = urls
         self._engines = dict(engines or {})
         self._clock = clock
         self._live: dict[str, _Live] = {}  # by task_id
@@ -99,7 +101,7 @@ class CaptionService:
     async def start_stream(self, request: StreamRequest) -> TaskRecord:
         """Create (or attach) the stream's task and register it; StreamBusy if it has one."""
         token = secrets.token_urlsafe(32)
-        callback_url = f"{self._settings.callback_base_url}/v1/callbacks/aliyun/{token}"
+        callback_url = f"{self._urls.http}/v1/callbacks/aliyun/{token}"
         now = self._clock()
         if request.task_id is not None:
             if request.auth_key is None:

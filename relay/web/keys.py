@@ -6,12 +6,13 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from relay.config import Settings
+from relay.config import PublicUrls, Settings
 from relay.live.captions import CaptionService
 from relay.metrics import Metrics
 from relay.store.base import Store
 
 SETTINGS = web.AppKey("settings", Settings)
+URLS = web.AppKey("urls", PublicUrls)
 SERVICE = web.AppKey("service", CaptionService)
 STORE = web.AppKey("store", Store)
 METRICS = web.AppKey("metrics", Metrics)

@@ -8,13 +8,13 @@ from typing import Any
 
 from aiohttp import web
 
-from relay.config import Settings
+from relay.config import PublicUrls, Settings
 from relay.core.wire import IDLE
 from relay.errors import InvalidRequest, StreamNotFound
 from relay.live.captions import StreamRequest
 from relay.store.base import StreamRecord
 from relay.web.auth import require_control
-from relay.web.keys import SERVICE, SETTINGS, STORE, VIEWER_COUNT
+from relay.web.keys import SERVICE, SETTINGS, STORE, URLS, VIEWER_COUNT
 from relay.web.models import Counters, CreateStream, StreamCreated, StreamInfo, StreamList
 
 routes = web.RouteTableDef()
@@ -24,15 +24,15 @@ routes = web.RouteTableDef()
 async def create_stream(request: web.Request) -> web.Response:
     require_control(request)
     body = CreateStream.model_validate(await read_json(request))
-    settings = request.app[SETTINGS]
-    record = await request.app[SERVICE].start_stream(to_stream_request(body, settings))
+    urls = request.app[URLS]
+    record = await request.app[SERVICE].start_stream(to_stream_request(body, request.app[SETTINGS]))
     created = StreamCreated(
         stream_id=record.stream_id,
         task_id=record.task_id,
         state=str(record.state),
         callback_url=record.callback_url,
-        viewer_url=viewer_url(settings, record.stream_id),
-        overlay_url=overlay_url(settings, record.stream_id),
+        viewer_url=viewer_url(urls, record.stream_id),
+        overlay_url=overlay_url(urls, record.stream_id),
     )
     return web.json_response(created.model_dump(), status=201)
 
@@ -92,7 +92,7 @@ def to_stream_request(body: CreateStream, settings: Settings) -> StreamRequest:
 
 
 def stream_info(app: web.Application, record: StreamRecord) -> StreamInfo:
-    settings, task = app[SETTINGS], record.task
+    urls, task = app[URLS], record.task
     counters = record.counters
     return StreamInfo(
         stream_id=record.stream_id,
@@ -111,17 +111,17 @@ def stream_info(app: web.Application, record: StreamRecord) -> StreamInfo:
             viewers=app[VIEWER_COUNT](record.stream_id),
             rejected=counters.get("rejected", 0),
         ),
-        viewer_url=viewer_url(settings, record.stream_id),
-        overlay_url=overlay_url(settings, record.stream_id),
+        viewer_url=viewer_url(urls, record.stream_id),
+        overlay_url=overlay_url(urls, record.stream_id),
     )
 
 
-def viewer_url(settings: Settings, stream_id: str) -> str:
-    return f"{settings.viewer_base_url}/v1/captions/{stream_id}"
+def viewer_url(urls: PublicUrls, stream_id: str) -> str:
+    return f"{urls.ws}/v1/captions/{stream_id}"
 
 
-def overlay_url(settings: Settings, stream_id: str) -> str:
-    return f"{settings.callback_base_url}/overlay/{stream_id}"
+def overlay_url(urls: PublicUrls, stream_id: str) -> str:
+    return f"{urls.http}/overlay/{stream_id}"
 
 
 def _iso(ts: float | None) -> str | None:
