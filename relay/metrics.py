@@ -45,9 +45,15 @@ class Metrics:
             "Partials replaced by a newer one before sending.",
             registry=r,
         )
-        self.http_requests = Counter(
-            "relay_http_requests",
-            "Control and callback HTTP responses.",
-            ["route", "status"],
+        self.engine_latency = Histogram(
+            "relay_engine_latency_seconds",
+            "In-process engines: audio read to event emitted, by kind (partial, final).",
+            ["kind"],
+            buckets=(0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 6.0, 10.0),
+            registry=r,
+        )
+        self.local_steps_skipped = Counter(
+            "relay_local_steps_skipped",
+            "Local engine steps that skipped transcription (no speech in the new audio).",
             registry=r,
         )

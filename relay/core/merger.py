@@ -129,7 +129,7 @@ class Merger:
         # hypothesis for the same audio, and taking it would let a redelivered older one
         # flip the caption back.
         key = (event.index, event.time_ms)
-        if self._newest is not None and key < self._newest:
+        if self._newest is not None and key <= self._newest:
             return []
         moved_on = self._newest is None or event.index > self._newest[0]
         self._newest = key

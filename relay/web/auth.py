@@ -11,10 +11,16 @@ from relay.errors import Forbidden, Unauthorized
 from relay.web.keys import SETTINGS
 
 
-def require_control(request: web.Request) -> None:
+def require_control(request: web.Request, *, allow_query_token: bool = False) -> None:
+    """Raise unless the caller may use the control API.
+
+    ``allow_query_token``: also accept ``?token=`` (nginx-rtmp hooks cannot send headers).
+    """
     token = request.app[SETTINGS].control_token
     if token is not None and token.get_secret_value():
         scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        if allow_query_token and "token" in request.query:
+            scheme, given = "bearer", request.query["token"]
         expected = token.get_secret_value().encode()
         if scheme.lower() != "bearer" or not hmac.compare_digest(
             given.strip().encode("utf-8", "replace"), expected

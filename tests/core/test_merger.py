@@ -299,6 +299,13 @@ def test_first_translation_of_a_language_wins() -> None:
     assert dict(m.finals[1].translations) == {"fr": "salut"}
 
 
+def test_first_translation_of_a_language_wins_before_the_final_too() -> None:
+    m = Merger()
+    feed(m, Translated(1, {"fr": "salut"}), Translated(1, {"fr": "coucou", "de": "hallo"}))
+    out = m.receive(end(1, 800, "hello"))
+    assert out == [Final(1, "hello", 0, 800, translations={"fr": "salut", "de": "hallo"})]
+
+
 def test_duplicate_final_with_new_translations_emits_it_again() -> None:
     m = Merger()
     feed(m, end(1, 800, "hello", translations={"fr": "salut"}))
