@@ -17,18 +17,31 @@ from dataclasses import dataclass
 
 import structlog
 from aiohttp import web
+from websockets.asyncio.server import Server
 
 from relay import sd_notify
 from relay.config import PublicUrls, Settings
+from relay.engines.local.engine import LocalEngine, LocalEngineConfig
+from relay.engines.local.recognizer import Recognizer
+from relay.engines.local.source import default_ffmpeg
 from relay.fanout.hub import Hub
 from relay.fanout.server import FanoutServer, ViewerLimits
 from relay.live.captions import CaptionService
 from relay.metrics import Metrics
 from relay.store.base import Store
 from relay.store.memory import MemoryStore
-from relay.web import callbacks, health, openapi, streams
+from relay.web import callbacks, health, hooks, openapi, streams
 from relay.web.errors import error_middleware
-from relay.web.keys import METRICS, READY_CHECKS, SERVICE, SETTINGS, STORE, URLS, VIEWER_COUNT
+from relay.web.keys import (
+    METRICS,
+    READY_CHECKS,
+    SERVICE,
+    SETTINGS,
+    STORE,
+    URLS,
+    VIEWER_COUNT,
+    ReadyCheck,
+)
 
 log = structlog.get_logger("relay")
 
@@ -46,8 +59,9 @@ def build_web_app(relay: Relay) -> web.Application:
     app[SERVICE] = relay.service
     app[METRICS] = relay.metrics
     app[VIEWER_COUNT] = relay.hub.count
-    app[READY_CHECKS] = {}
-    for table in (streams.routes, callbacks.routes, health.routes, openapi.routes):
+    checks: dict[str, ReadyCheck] = {"local_engine": relay.local.ready}
+    app[READY_CHECKS] = checks
+    for table in (streams.routes, hooks.routes, callbacks.routes, health.routes, openapi.routes):
         app.add_routes(table)
     return app
 
@@ -67,7 +81,22 @@ class Relay:
         self.urls = PublicUrls.from_settings(settings)
         self.store = build_store(settings)
         self.hub = Hub(self.metrics)
-        self.service = CaptionService(self.store, self.metrics, settings, self.urls)
+        self.recognizer = Recognizer(
+            settings.local_model or None, cpu_threads=settings.local_cpu_threads
+        )
+        self.local = LocalEngine(
+            self.recognizer,
+            LocalEngineConfig(
+                ffmpeg=settings.ffmpeg or default_ffmpeg(),
+                step_s=settings.local_step_s,
+                reconnect_window_s=settings.local_reconnect_s,
+                preload=settings.local_preload,
+            ),
+            self.metrics,
+        )
+        self.service = CaptionService(
+            self.store, self.metrics, settings, self.urls, engines={"local": self.local}
+        )
         self.fanout = FanoutServer(
             self.store,
             self.hub,
@@ -83,37 +112,40 @@ class Relay:
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[Bound]:
-        """Start everything; on exit, stop accepting, close viewers (1001), flush the store."""
+        """Start in order; on exit, in reverse: stop accepting HTTP, close viewers (1001),
+        stop the engines' tasks, flush the store."""
         settings = self.settings
-        await self.store.start()
-        self.store.add_listener(self.hub.on_published)
-        runner = web.AppRunner(
-            self.web_app, access_log=None, shutdown_timeout=settings.shutdown_timeout_s
-        )
-        try:
-            await runner.setup()
-            site = web.TCPSite(runner, settings.http_host, settings.http_port)
-            await site.start()
+        async with contextlib.AsyncExitStack() as stack:
+            await self.store.start()
+            stack.push_async_callback(self.store.close)
+            self.store.add_listener(self.hub.on_published)
+            stack.callback(self.recognizer.close)
+            await stack.enter_async_context(self.local.running())
+
             ws = await self.fanout.start(settings.ws_host, settings.ws_port)
-            try:
-                async with asyncio.TaskGroup() as tasks:
-                    ticker = tasks.create_task(self.service.run())
-                    bound = Bound(_port(runner), ws.sockets[0].getsockname()[1])
-                    self.urls.bound(settings, bound.http_port, bound.ws_port)
-                    log.info("relay.started", http_port=bound.http_port, ws_port=bound.ws_port)
-                    try:
-                        yield bound
-                    finally:
-                        ticker.cancel()
-            finally:
-                await runner.cleanup()  # stop accepting callbacks and control calls first
-                ws.close()  # then close every viewer with 1001 (going away)
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(settings.shutdown_timeout_s):
-                        await ws.wait_closed()
-        finally:
-            await self.store.close()
-            log.info("relay.stopped")
+            stack.push_async_callback(self._close_viewers, ws)
+            runner = web.AppRunner(
+                self.web_app, access_log=None, shutdown_timeout=settings.shutdown_timeout_s
+            )
+            await runner.setup()
+            stack.push_async_callback(runner.cleanup)
+            await web.TCPSite(runner, settings.http_host, settings.http_port).start()
+
+            tasks = await stack.enter_async_context(asyncio.TaskGroup())
+            ticker = tasks.create_task(self.service.run())
+            stack.callback(ticker.cancel)
+
+            bound = Bound(_port(runner), ws.sockets[0].getsockname()[1])
+            self.urls.bound(settings, bound.http_port, bound.ws_port)
+            log.info("relay.started", http_port=bound.http_port, ws_port=bound.ws_port)
+            yield bound
+        log.info("relay.stopped")
+
+    async def _close_viewers(self, ws: Server) -> None:
+        ws.close()  # every viewer gets 1001 (going away)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.settings.shutdown_timeout_s):
+                await ws.wait_closed()
 
 
 def _port(runner: web.AppRunner) -> int:

@@ -48,12 +48,20 @@ class Settings(BaseSettings):
     viewer_max_pending_bytes: int = Field(default=1024 * 1024, gt=0)
     viewer_secret: SecretStr | None = None
     local_model: str = ""  # empty: the packaged Whisper tiny.en
+    rtmp_url: str = "rtmp://127.0.0.1:1935"  # where nginx-rtmp serves streams that hooks start
+    hook_terminate_s: float = Field(default=5, ge=1, le=10)  # hook-started tasks auto-terminate
+    hook_hold_s: float = Field(default=0.75, ge=0, le=5)  # on_publish answers after this long
+    local_preload: bool = True  # load the model at start (/readyz waits for it), not on first use
+    ffmpeg: str = ""  # empty: the binary of the imageio-ffmpeg package
+    local_step_s: float = Field(default=0.5, ge=0.1, le=5)
+    local_cpu_threads: int = Field(default=2, ge=1, le=64)
+    local_reconnect_s: float = Field(default=10, gt=0)  # retry a lost network source this long
 
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
     shutdown_timeout_s: float = Field(default=10, gt=0)
 
-    @field_validator("public_url", "public_ws_url")
+    @field_validator("public_url", "public_ws_url", "rtmp_url")
     @classmethod
     def _no_trailing_slash(cls, value: str) -> str:
         return value.rstrip("/")

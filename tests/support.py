@@ -55,7 +55,8 @@ _ids = itertools.count(1)
 
 @contextlib.asynccontextmanager
 async def running_relay(**overrides: Any) -> AsyncIterator[Harness]:
-    settings = config.load(http_port=0, ws_port=0, **overrides)
+    # Most tests never touch the model: load it on first use rather than at every start.
+    settings = config.load(**{"http_port": 0, "ws_port": 0, "local_preload": False, **overrides})
     relay = Relay(settings)
     async with relay.running() as bound, aiohttp.ClientSession() as session:
         yield Harness(

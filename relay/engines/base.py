@@ -1,19 +1,30 @@
 """The engine interface.
 
 An engine starts a recognition task for a stream and stops it. Its results reach relay
-either as signed HTTP callbacks (cloud engines) or through the :class:`EventSink` it is
+either as signed HTTP callbacks (cloud engines) or through the :class:`TaskSink` it is
 given (the local engine); both end in the same merger.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from relay.core.events import RecognizerEvent
 
-EventSink = Callable[[RecognizerEvent], Awaitable[None]]
+
+class TaskSink(Protocol):
+    """Where an in-process engine delivers what its task produces."""
+
+    async def event(self, event: RecognizerEvent) -> None:
+        """A recognizer event; TranscriptionCompleted / TaskFailed end the task."""
+
+    async def alive(self) -> None:
+        """Audio is arriving: the task is not interrupted, even if nobody speaks."""
+
+    def latency(self, kind: str, seconds: float) -> None:
+        """Audio-to-event delay of one emitted event (``kind``: partial or final)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,8 +44,10 @@ class TaskSpec:
 
 class Engine(Protocol):
     name: str
+    # No activity for this long marks a task interrupted; None: RELAY_INTERRUPT_AFTER_S.
+    interrupt_after_s: float | None
 
-    async def start(self, spec: TaskSpec, sink: EventSink) -> str:
+    async def start(self, spec: TaskSpec, sink: TaskSink) -> str:
         """Start a task and return its id. Raise RelayError subclasses on refusal."""
 
     async def stop(self, task_id: str) -> None:

@@ -14,6 +14,7 @@ import asyncio
 import dataclasses
 import secrets
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -32,7 +33,7 @@ from relay.core.events import (
 )
 from relay.core.merger import Merger
 from relay.core.task_state import TaskInput, TaskLife, Transition
-from relay.engines.base import Engine, EventSink, TaskSpec
+from relay.engines.base import Engine, TaskSink, TaskSpec
 from relay.errors import (
     EngineUnavailable,
     MalformedCallback,
@@ -47,6 +48,7 @@ from relay.store.base import Store, TaskRecord
 log = structlog.get_logger("relay.live")
 
 TICK_S = 0.25
+LATENCY_WINDOW = 500
 _END_INPUT = {TaskState.TERMINATED: TaskInput.COMPLETED, TaskState.FAILED: TaskInput.FAILED}
 
 
@@ -76,6 +78,29 @@ class _Live:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
+class _Sink:
+    """The TaskSink handed to an in-process engine for one stream."""
+
+    def __init__(self, service: CaptionService, stream_id: str) -> None:
+        self._service = service
+        self._stream_id = stream_id
+
+    async def event(self, event: RecognizerEvent) -> None:
+        live = self._service._live_of_stream(self._stream_id)
+        if live is not None:
+            await self._service._ingest(live.record, event)
+
+    async def alive(self) -> None:
+        live = self._service._live_of_stream(self._stream_id)
+        if live is not None:
+            await self._service._alive(live)
+
+    def latency(self, kind: str, seconds: float) -> None:
+        self._service._metrics.engine_latency.labels(kind=kind).observe(seconds)
+        by_kind = self._service._latencies.setdefault(self._stream_id, {})
+        by_kind.setdefault(kind, deque(maxlen=LATENCY_WINDOW)).append(seconds)
+
+
 class CaptionService:
     def __init__(
         self,
@@ -95,6 +120,9 @@ class CaptionService:
         self._clock = clock
         self._live: dict[str, _Live] = {}  # by task_id
         self._stream_tasks: dict[str, str] = {}  # stream_id -> task_id of its live task
+        # Recent audio-to-event delays of the stream's latest task, by kind (in-process
+        # engines only), kept after the task ends for /v1/streams/{id}.
+        self._latencies: dict[str, dict[str, deque[float]]] = {}
 
     # --- control -------------------------------------------------------------------
 
@@ -141,6 +169,7 @@ class CaptionService:
             source=dict(request.source),
         )
         await self._store.register_task(record)
+        self._latencies.pop(record.stream_id, None)
         self._track(self._new_live(record))
         log.info(
             "task.registered", stream_id=record.stream_id, task_id=task_id, engine=record.engine
@@ -167,9 +196,13 @@ class CaptionService:
         return live.record
 
     def _new_live(self, record: TaskRecord) -> _Live:
+        engine = self._engines.get(record.engine)
+        interrupt_after_s = (engine.interrupt_after_s if engine else None) or (
+            self._settings.interrupt_after_s
+        )
         life = TaskLife(
             now=record.last_result_at or record.started_at,
-            interrupt_after_s=self._settings.interrupt_after_s,
+            interrupt_after_s=interrupt_after_s,
             auto_terminate=record.auto_terminate,
             terminate_after_s=record.auto_terminate_delay_s,
         )
@@ -227,14 +260,18 @@ class CaptionService:
         if live is not None:
             await self._ingest(live.record, event)
 
-    def _sink_for(self, stream_id: str) -> EventSink:
+    def _sink_for(self, stream_id: str) -> TaskSink:
         # The engine starts delivering before it has returned the task id: route by stream.
-        async def sink(event: RecognizerEvent) -> None:
-            task_id = self._stream_tasks.get(stream_id)
-            if task_id is not None:
-                await self.ingest(task_id, event)
+        return _Sink(self, stream_id)
 
-        return sink
+    def _live_of_stream(self, stream_id: str) -> _Live | None:
+        task_id = self._stream_tasks.get(stream_id)
+        return self._live.get(task_id) if task_id is not None else None
+
+    async def _alive(self, live: _Live) -> None:
+        async with live.lock:
+            now = self._clock()
+            await self._apply(live, live.life.activity(now), now)
 
     def _track(self, live: _Live) -> _Live:
         self._live[live.record.task_id] = live
@@ -316,6 +353,25 @@ class CaptionService:
                 continue
             async with live.lock:
                 await self._apply(live, live.life.tick(now), now)
+            engine = self._engines.get(live.record.engine)
+            if live.life.ended and engine is not None:
+                # relay ended it (auto-terminate): release the engine's task too.
+                await engine.stop(live.record.task_id)
+
+    def latency(self, stream_id: str) -> dict[str, dict[str, float]] | None:
+        """p50/p95 audio-to-event delay (ms) of the stream's latest task, by event kind."""
+        by_kind = self._latencies.get(stream_id)
+        if not by_kind:
+            return None
+        out = {}
+        for kind, values in by_kind.items():
+            ordered = sorted(values)
+            out[kind] = {
+                "p50_ms": round(1000 * ordered[len(ordered) // 2], 1),
+                "p95_ms": round(1000 * ordered[min(len(ordered) - 1, int(len(ordered) * 0.95))], 1),
+                "count": float(len(ordered)),
+            }
+        return out
 
     def task_states(self) -> dict[str, int]:
         counts = dict.fromkeys((str(s) for s in TaskState), 0)

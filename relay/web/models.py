@@ -73,6 +73,12 @@ class Counters(_Strict):
     rejected: int
 
 
+class LatencyFigures(_Strict):
+    p50_ms: float
+    p95_ms: float
+    count: float
+
+
 class StreamInfo(_Strict):
     stream_id: str
     state: str
@@ -84,12 +90,20 @@ class StreamInfo(_Strict):
     last_result_at: str | None
     ended_at: str | None
     counters: Counters
+    # In-process engines: audio-to-event delay by kind ("partial", "final"); null otherwise.
+    latency: dict[str, LatencyFigures] | None = None
     viewer_url: str
     overlay_url: str
 
 
 class StreamList(_Strict):
     streams: list[StreamInfo]
+
+
+class HookAnswer(_Strict):
+    captions: Literal["started", "failed", "stopped", "none"]
+    task_id: str | None = None
+    error: str | None = None
 
 
 class ErrorDetail(_Strict):

@@ -15,6 +15,7 @@ from relay import __version__
 from relay.web.models import (
     CreateStream,
     ErrorBody,
+    HookAnswer,
     NotReady,
     Ok,
     StreamCreated,
@@ -30,6 +31,7 @@ _MODELS: tuple[type[BaseModel], ...] = (
     StreamInfo,
     StreamList,
     ErrorBody,
+    HookAnswer,
     Ok,
     NotReady,
 )
@@ -59,6 +61,26 @@ def _errors(*statuses: int) -> dict[str, Any]:
 
 _CONTROL: list[dict[str, list[str]]] = [{"bearer": []}]
 _STREAM_ID = {"name": "stream_id", "in": "path", "required": True, "schema": {"type": "string"}}
+
+_HOOK_TOKEN = {
+    "name": "token",
+    "in": "query",
+    "required": False,
+    "description": "The control token, for nginx-rtmp which cannot send headers",
+    "schema": {"type": "string"},
+}
+_HOOK_FORM = {
+    "required": True,
+    "content": {
+        "application/x-www-form-urlencoded": {
+            "schema": {
+                "type": "object",
+                "required": ["app", "name"],
+                "properties": {"app": {"type": "string"}, "name": {"type": "string"}},
+            }
+        }
+    },
+}
 
 PATHS: dict[str, dict[str, Any]] = {
     "/v1/streams": {
@@ -121,6 +143,30 @@ PATHS: dict[str, dict[str, Any]] = {
                     "content": {"application/json": {"schema": {"type": "object"}}},
                 },
                 **_errors(400, 401, 404, 413, 503),
+            },
+        },
+    },
+    "/v1/hooks/nginx-rtmp/on_publish": {
+        "post": {
+            "summary": "nginx-rtmp on_publish: start captions for stream `name` (default engine)",
+            "security": _CONTROL,
+            "parameters": [_HOOK_TOKEN],
+            "requestBody": _HOOK_FORM,
+            "responses": {
+                "200": _json(HookAnswer, "The stream may publish (captions started or not)"),
+                **_errors(400, 401, 403),
+            },
+        },
+    },
+    "/v1/hooks/nginx-rtmp/on_publish_done": {
+        "post": {
+            "summary": "nginx-rtmp on_publish_done: stop captions for stream `name`",
+            "security": _CONTROL,
+            "parameters": [_HOOK_TOKEN],
+            "requestBody": _HOOK_FORM,
+            "responses": {
+                "200": _json(HookAnswer, "Captions stopped (or there were none)"),
+                **_errors(400, 401, 403),
             },
         },
     },

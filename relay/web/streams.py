@@ -15,7 +15,14 @@ from relay.live.captions import StreamRequest
 from relay.store.base import StreamRecord
 from relay.web.auth import require_control
 from relay.web.keys import SERVICE, SETTINGS, STORE, URLS, VIEWER_COUNT
-from relay.web.models import Counters, CreateStream, StreamCreated, StreamInfo, StreamList
+from relay.web.models import (
+    Counters,
+    CreateStream,
+    LatencyFigures,
+    StreamCreated,
+    StreamInfo,
+    StreamList,
+)
 
 routes = web.RouteTableDef()
 
@@ -111,9 +118,16 @@ def stream_info(app: web.Application, record: StreamRecord) -> StreamInfo:
             viewers=app[VIEWER_COUNT](record.stream_id),
             rejected=counters.get("rejected", 0),
         ),
+        latency=_latency(app[SERVICE].latency(record.stream_id)),
         viewer_url=viewer_url(urls, record.stream_id),
         overlay_url=overlay_url(urls, record.stream_id),
     )
+
+
+def _latency(figures: dict[str, dict[str, float]] | None) -> dict[str, LatencyFigures] | None:
+    if figures is None:
+        return None
+    return {kind: LatencyFigures(**values) for kind, values in figures.items()}
 
 
 def viewer_url(urls: PublicUrls, stream_id: str) -> str:

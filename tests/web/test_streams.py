@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from typing import Any
 
@@ -94,7 +95,11 @@ async def test_attach_defaults_auth_key_from_settings() -> None:
 
 
 async def test_creating_on_an_engine_not_available_is_a_clear_400(harness: Harness) -> None:
-    body = {"stream_id": "loc", "engine": "local", "source": {"url": "file:///tmp/x.wav"}}
+    body = {
+        "stream_id": "cloud",
+        "engine": "aliyun",
+        "source": {"mode": "live", "url": "rtmp://x/y"},
+    }
     status, payload = await post(harness, body)
     assert (status, payload["error"]["code"]) == (400, "engine_unavailable")
 
@@ -149,13 +154,21 @@ async def test_without_a_token_only_loopback_clients_may_control() -> None:
                 assert resp.status == 200
 
 
-async def test_health_ready_and_metrics(harness: Harness) -> None:
-    for path in ("/healthz", "/readyz"):
-        async with harness.session.get(f"{harness.http}{path}") as resp:
+async def test_health_ready_and_metrics() -> None:
+    async with running_relay(local_preload=True) as h:
+        async with h.session.get(f"{h.http}/healthz") as resp:
             assert (resp.status, await resp.json()) == (200, {"status": "ok"})
-    async with harness.session.get(f"{harness.http}/metrics") as resp:
-        text = await resp.text()
-    assert (
-        "relay_viewers" in text
-        and "relay_callbacks_total" not in text.split("relay_viewers")[0][:0]
-    )
+        async with asyncio.timeout(60):  # ready once the speech model has loaded
+            while True:
+                async with h.session.get(f"{h.http}/readyz") as resp:
+                    body = await resp.json()
+                    if resp.status == 200:
+                        break
+                    assert (resp.status, list(body["checks"])) == (503, ["local_engine"])
+                await asyncio.sleep(0.1)
+        assert body == {"status": "ok"}
+        async with h.session.get(f"{h.http}/metrics") as resp:
+            text = await resp.text()
+    assert "relay_viewers 0.0" in text
+    assert "# TYPE relay_callbacks_total counter" in text
+    assert 'relay_tasks{state="running"} 0.0' in text

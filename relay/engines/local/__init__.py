@@ -1,0 +1,1 @@
+"""The embedded local engine: ffmpeg reads the source, faster-whisper transcribes it."""

