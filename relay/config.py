@@ -47,6 +47,7 @@ class Settings(BaseSettings):
     caption_log_max: int = Field(default=2000, ge=1000)
     viewer_max_pending_bytes: int = Field(default=1024 * 1024, gt=0)
     viewer_secret: SecretStr | None = None
+    max_viewers: int = Field(default=20000, ge=1)  # per instance; more get 503 at the handshake
     local_model: str = ""  # empty: the packaged Whisper tiny.en
     rtmp_url: str = "rtmp://127.0.0.1:1935"  # where nginx-rtmp serves streams that hooks start
     hook_terminate_s: float = Field(default=5, ge=1, le=10)  # hook-started tasks auto-terminate

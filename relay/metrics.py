@@ -12,6 +12,9 @@ class Metrics:
         self.callbacks = Counter(
             "relay_callbacks", "Recognizer callbacks by outcome.", ["result"], registry=r
         )
+        # The hot path's children, looked up once.
+        self.callbacks_accepted = self.callbacks.labels(result="accepted")
+        self.callbacks_duplicate = self.callbacks.labels(result="duplicate")
         self.callback_seconds = Histogram(
             "relay_callback_seconds",
             "Time to verify, merge and store one accepted callback.",

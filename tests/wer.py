@@ -12,11 +12,29 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-_ONES = (
-    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
-    "fifteen sixteen seventeen eighteen nineteen"
-).split()
-_TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
+_ONES = [
+    "zero",
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+    "ten",
+    "eleven",
+    "twelve",
+    "thirteen",
+    "fourteen",
+    "fifteen",
+    "sixteen",
+    "seventeen",
+    "eighteen",
+    "nineteen",
+]
+_TENS = ["_", "_", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety"]
 _ORDINALS = {
     "one": "first",
     "two": "second",
@@ -72,7 +90,7 @@ def normalise(text: str) -> list[str]:
     text = text.lower().replace("%", " percent")
     text = re.sub(r"[£$€]", " ", text)
     text = re.sub(r"\d{1,2}[:.]\d{2}\b|\d+(?:st|nd|rd|th)\b|\d{1,3}(?:,\d{3})+|\d+", _number, text)
-    text = re.sub(r"[-‐–—/]", " ", text)
+    text = re.sub("[-\u2010\u2013\u2014/]", " ", text)
     text = re.sub(r"[^\w\s']", "", text)
     text = text.replace("'", "")
     return text.split()

@@ -35,7 +35,9 @@ from relay.core.events import (
     Translated,
 )
 
-__all__ = ["Merger"]
+__all__ = ["KEEP_FINALS", "Merger"]
+
+KEEP_FINALS = 1000  # finals held per task; older ones are forgotten (their index is not)
 
 
 class Merger:
@@ -50,6 +52,7 @@ class Merger:
         "_ended",
         "_finals",
         "_finals_view",
+        "_forgotten",
         "_last_final",
         "_newest",
         "_partial",
@@ -59,6 +62,7 @@ class Merger:
     def __init__(self) -> None:
         self._finals: dict[int, Final] = {}
         self._finals_view: Mapping[int, Final] = MappingProxyType(self._finals)
+        self._forgotten = -1  # finals at or below this index were dropped from memory
         self._partial: Partial | None = None
         self._ended: StateChanged | None = None
         # (index, time_ms) of the newest hypothesis accepted: partials are ordered by it
@@ -161,6 +165,8 @@ class Merger:
         return [partial]
 
     def _sentence_end(self, event: SentenceEnd) -> list[CaptionEvent]:
+        if event.index <= self._forgotten:
+            return []  # final long ago; only its index is remembered (see _forget)
         final = self._finals.get(event.index)
         if final is not None:
             # First final wins; a duplicate may only bring translations it lacked.
@@ -184,9 +190,25 @@ class Merger:
         if self._partial is not None and self._partial.index <= event.index:
             # Viewers replace the partial by the final of its index: no event needed.
             self._partial = None
+        if len(self._finals) > KEEP_FINALS + KEEP_FINALS // 4:
+            self._forget()
         return [final]
 
+    def _forget(self) -> None:
+        """Keep the newest KEEP_FINALS finals: a task may run for days.
+
+        Older sentences are past any redelivery or translation worth waiting for; their
+        indexes stay known through ``_forgotten``, so a late copy is still dropped.
+        """
+        ordered = sorted(self._finals)
+        for index in ordered[: len(ordered) - KEEP_FINALS]:
+            del self._finals[index]
+            self._pending.pop(index, None)
+        self._forgotten = max(self._forgotten, ordered[len(ordered) - KEEP_FINALS - 1])
+
     def _translated(self, index: int, translations: Mapping[str, str]) -> list[CaptionEvent]:
+        if index <= self._forgotten:
+            return []
         final = self._finals.get(index)
         if final is not None:
             return self._add_translations(final, translations)

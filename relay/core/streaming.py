@@ -14,14 +14,19 @@ milliseconds as in :mod:`relay.core.events`. The adapter that owns recognizer an
 and forwards every event returned, in order, to the merger. Audio before
 :attr:`~StreamingPolicy.window_start` is done with: drop it from the next window.
 
-How words travel (LocalAgreement-2): a word is *tentative* while only the latest hypothesis
-has it, *committed* (``fixed``) once two successive hypotheses agree on it, and *final* when
-its sentence ends. Committed words never change. A sentence ends at committed sentence
-punctuation followed by another committed word, at a model segment end that two hypotheses
-place alike, after ``silence_end_s`` of silence, when the window outgrows ``max_window_s``
-(forced), or at :meth:`~StreamingPolicy.finish`. Whisper's failures over silence and noise
-(no-speech windows, stock phrases such as "Thank you.", ``[Music]``-style annotations, words
-inside reported silence, repetition loops) are dropped before they can be shown.
+How words travel (LocalAgreement-2): a word is *tentative* while only the newest hypothesis
+has it (partials show it once the last two hypotheses agree on it), *committed* (``fixed``)
+once two successive hypotheses agree on it and the newer one heard ``min_context_s`` of audio
+after it, and *final* when its sentence ends. Committed words never change, and a final
+never loses a word its partials showed as fixed. A sentence ends at a committed word with
+sentence punctuation (taken only from a hypothesis that went on past it), at a model segment
+end that two hypotheses place alike, after ``silence_end_s`` of silence, when the window
+outgrows ``max_window_s`` (forced), or at :meth:`~StreamingPolicy.finish`. A sentence longer
+than ``max_sentence_s`` is finalized in phrases (at a comma or before a conjunction where it
+can), which keeps final latency low without trimming the model's context. Whisper's
+failures over silence and noise (no-speech windows, stock phrases such as "Thank you.",
+``[Music]``-style annotations, words inside reported silence, words squeezed past the end of
+the audio, repetition loops) are dropped before they can be shown.
 """
 
 from __future__ import annotations
@@ -66,14 +71,25 @@ _SILENCE_PAD_S = 0.2  # audio kept before speech when the window is trimmed into
 _SILENCE_GAP_S = 0.1  # silence reports this close are one run
 _IN_SILENCE = 0.8  # a word this much inside a long silence is a hallucination
 _TAIL_GUARD_S = 0.3  # a forced commit leaves words ending this close to the audio's end
+_SQUEEZED_S = 0.03  # a word this short is squeezed into one timestamp frame (0.02 s)
 _HISTORY = 48  # committed words kept to align overlaps and catch loops across sentences
 _ALIGN_WORDS = 3  # committed words matched to find where a hypothesis' new words begin
 
-# . ? ! and the ellipsis, the CJK full stop, the fullwidth ? and !
-_SENTENCE_PUNCT = (".", "?", "!", "\u2026", "\u3002", "\uff1f", "\uff01")
+# . ? ! and the CJK full stop, the fullwidth ? and !
+_SENTENCE_PUNCT = (".", "?", "!", "\u3002", "\uff1f", "\uff01")
 _CLOSING = "\"')]}\u00bb\u201d\u2019"  # and closing guillemet, double and single quotes
 _HONORIFICS = frozenset({"mr", "mrs", "ms", "dr", "prof", "st", "jr", "sr", "vs", "mt"})
 _INITIALS = re.compile(r"(?:[A-Za-z]\.)+")
+_CONJUNCTIONS = frozenset(
+    {"and", "but", "or", "so", "because", "when", "while", "where", "which", "who", "if"}
+    | {"then", "although", "though", "until", "unless", "whereas", "since"}
+)
+_NO_BREAK_AFTER = _CONJUNCTIONS | frozenset(
+    {"a", "an", "the", "to", "of", "in", "on", "at", "for", "with", "from", "by", "as", "into"}
+    | {"my", "your", "our", "their", "his", "her", "its", "this", "that", "these", "those"}
+    | {"is", "are", "was", "were", "be", "i", "we", "you", "they", "he", "she", "it"}
+)
+_BREAK_GAP_S = 0.2  # a pause this long between words is a clause break
 _ANNOTATION = {"[": "]", "(": ")", "*": "*", "♪": "♪", "♫": "♫"}
 
 
@@ -85,7 +101,9 @@ class StreamingStats:
     silent_hypotheses: int = 0  # whole windows dropped as no speech
     dropped_words: int = 0  # words the hallucination guard kept from viewers
     forced_ends: int = 0  # times the window outgrew max_window_s
-    dropped_audio_s: float = 0.0  # audio given up untranscribed to keep the window bounded
+    dropped_audio_s: float = (
+        0.0  # audio cut from the window with no sentence end to keep it bounded
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,12 +125,16 @@ class StreamingPolicy:
 
     Tunables: ``max_window_s`` bounds the audio decoded per step; ``silence_end_s`` of silence
     ends a sentence; ``agree_tolerance_s`` is how far apart two hypotheses may place a word
-    and still agree on it; a window with ``no_speech_prob > no_speech_threshold`` and
-    ``avg_logprob < logprob_threshold`` is silence (Whisper's own rule); an n-gram repeated
-    ``repeat_limit`` times in a row is a loop; :attr:`prompt` keeps ``prompt_chars`` of text;
-    ``silence_phrases`` (default :data:`DEFAULT_SILENCE_PHRASES`, compared as words without
-    case or punctuation) are hallucinations when one or more of them are all that a
-    hypothesis adds and they would start a sentence.
+    and still agree on it; ``min_context_s`` is the audio a hypothesis must have heard after a
+    word to commit it (0 for textbook LocalAgreement-2); ``max_sentence_s`` (``None``: no
+    limit) is the longest a sentence grows before a phrase of it is finalized;
+    ``eager_partials`` shows every word of the newest hypothesis, not only those the last two
+    agree on (faster partials, more flicker); a window with ``no_speech_prob >
+    no_speech_threshold`` and ``avg_logprob < logprob_threshold`` is silence (Whisper's own
+    rule); an n-gram repeated ``repeat_limit`` times in a row is a loop; :attr:`prompt` keeps
+    ``prompt_chars`` of text; ``silence_phrases`` (default :data:`DEFAULT_SILENCE_PHRASES`,
+    compared as words without case or punctuation) are hallucinations when one or more of
+    them make up the sentences a hypothesis ends with, beyond what is committed.
     """
 
     def __init__(
@@ -121,9 +143,12 @@ class StreamingPolicy:
         max_window_s: float = 12.0,
         silence_end_s: float = 0.6,
         agree_tolerance_s: float = 1.0,
+        min_context_s: float = 0.8,
         no_speech_threshold: float = 0.6,
         logprob_threshold: float = -1.0,
         repeat_limit: int = 3,
+        max_sentence_s: float | None = 3.0,
+        eager_partials: bool = False,
         prompt_chars: int = 200,
         silence_phrases: Iterable[str] = DEFAULT_SILENCE_PHRASES,
     ) -> None:
@@ -133,17 +158,24 @@ class StreamingPolicy:
             raise ValueError("silence_end_s must be > 0")
         if agree_tolerance_s < 0:
             raise ValueError("agree_tolerance_s must be >= 0")
+        if min_context_s < 0:
+            raise ValueError("min_context_s must be >= 0")
         if repeat_limit < 2:
             raise ValueError("repeat_limit must be >= 2")
+        if max_sentence_s is not None and max_sentence_s <= 0:
+            raise ValueError("max_sentence_s must be > 0 or None")
         if prompt_chars < 0:
             raise ValueError("prompt_chars must be >= 0")
         self._max_window_s = max_window_s
         self._silence_end_s = silence_end_s
         self._agree_s = agree_tolerance_s
+        self._min_context_s = min_context_s
         self._no_speech = no_speech_threshold
         self._logprob = logprob_threshold
         self._repeat_limit = repeat_limit
         self._prompt_chars = prompt_chars
+        self._max_sentence_s = max_sentence_s
+        self._eager = eager_partials
         phrases = (tuple(k for k in map(_key, p.split()) if k) for p in silence_phrases)
         self._phrases = frozenset(p for p in phrases if p)
 
@@ -162,7 +194,9 @@ class StreamingPolicy:
         self._segment_ends: tuple[float, ...] = ()  # the previous hypothesis' inner ends
         self._boundaries: list[float] = []  # segment ends two hypotheses agreed on
         self._silences: list[tuple[float, float]] = []  # merged silent runs, oldest first
+        self._seen_until = -1.0  # tentative words ending by then are shown
         self._prompt = ""
+        self._closed: deque[tuple[float, str]] = deque()  # sentences ended in the window
         self._hypotheses = 0
         self._silent_hypotheses = 0
         self._dropped_words = 0
@@ -219,8 +253,15 @@ class StreamingPolicy:
             words = self._clean(hyp)
             new = self._guard(self._skip_committed(words))
             agreed = _agreement(self._tentative, new, self._agree_s)
+            if agreed == len(new) and agreed and _punctuated(new[-1].text):
+                agreed -= 1  # the model closes whatever it says when the window stops
+            heard_out = hyp.audio_end - self._min_context_s
+            while agreed and new[agreed - 1].end > heard_out:
+                agreed -= 1  # too little audio after it yet: still likely to change
             self._commit(new[:agreed], hyp.audio_end)
-            self._tentative = new[agreed:]
+            previous, self._tentative = self._tentative[agreed:], new[agreed:]
+            seen = _agreement(previous, self._tentative, self._agree_s)  # seen twice: shown
+            self._seen_until = self._tentative[seen - 1].end if seen else -1.0
             self._note_segments(hyp.segment_ends, words)
             events += self._close_ready()
         events += self._silence_ends()
@@ -267,10 +308,21 @@ class StreamingPolicy:
     # --- hypothesis ----------------------------------------------------------------------
 
     def _clean(self, hyp: Hypothesis) -> list[_W]:
-        """The hypothesis' words, less annotations, empty words and words inside silence."""
+        """The hypothesis' words, less annotations, empty words and words inside silence.
+
+        Two words in a row squeezed into a timestamp frame or less mean the decoder ran on
+        past the audio (typically repeating itself): they and all after them are dropped.
+        A trailing ellipsis only says the window stopped there: it is dropped too.
+        """
+        words = hyp.words
+        for i in range(len(words) - 1):
+            if all(w.end - w.start < _SQUEEZED_S for w in words[i : i + 2]):
+                self._dropped_words += len(words) - i
+                words = words[:i]
+                break
         out: list[_W] = []
         closing: str | None = None
-        for word in hyp.words:
+        for word in words:
             text = word.text.strip()
             if not text:
                 continue
@@ -287,6 +339,9 @@ class StreamingPolicy:
                 self._dropped_words += 1
                 continue
             out.append(_W(text, key, word.start, word.end))
+        if out and out[-1].text.endswith(("...", "\u2026")):
+            last = out[-1]
+            out[-1] = _W(last.text.rstrip(".\u2026") or last.text, last.key, last.start, last.end)
         return out
 
     def _in_silence(self, start: float, end: float) -> bool:
@@ -305,7 +360,7 @@ class StreamingPolicy:
 
         By time first (a word centred before the newest committed word's end, or before the
         window start, is old), then by text: where the hypothesis repeats the last committed
-        words at about their times, new words begin right after them.
+        words, the first of them at about its time, new words begin right after them.
         """
         floor = self._floor()
         cut = next((i for i, w in enumerate(words) if (w.start + w.end) / 2 >= floor), len(words))
@@ -313,7 +368,10 @@ class StreamingPolicy:
         best: tuple[int, int, int] | None = None  # (words matched, -distance from cut, index)
         for i in range(max(0, cut - 2), min(len(words), cut + 2) + 1):
             for k in range(min(_ALIGN_WORDS, i, len(tail)), 0, -1):
-                if all(_same(words[i - k + m], tail[len(tail) - k + m]) for m in range(k)):
+                first, old = words[i - k], tail[len(tail) - k]
+                if _same(first, old) and all(
+                    words[i - k + m].key == tail[len(tail) - k + m].key for m in range(1, k)
+                ):
                     candidate = (k, -abs(i - cut), i)
                     if best is None or candidate > best:
                         best = candidate
@@ -323,7 +381,7 @@ class StreamingPolicy:
         return words[cut:]
 
     def _guard(self, new: list[_W]) -> list[_W]:
-        """``new`` less repetition loops, or nothing if it is only a stock silence phrase."""
+        """``new`` less repetition loops and trailing sentences made of stock silence phrases."""
         context = [w.key for w in self._history]
         while True:
             span = _repetition([*context, *(w.key for w in new)], self._repeat_limit, len(context))
@@ -332,14 +390,18 @@ class StreamingPolicy:
             a, b = span[0] - len(context), span[1] - len(context)
             self._dropped_words += b - a
             new = new[:a] + new[b:]
-        if (
-            new
-            and (not self._open or _ends_sentence(self._open[-1].text))
-            and _made_of([w.key for w in new], self._phrases)
-        ):
-            self._dropped_words += len(new)
-            return []
-        return new
+        cut = len(new)  # drop trailing sentences that are only silence phrases
+        while cut:
+            start = cut - 1
+            while start and not _ends_sentence(new[start - 1].text):
+                start -= 1
+            if start == 0 and self._open and not _ends_sentence(self._open[-1].text):
+                break  # the words end a sentence begun before: "I want to" + "thank you"
+            if not _made_of([w.key for w in new[start:cut]], self._phrases):
+                break
+            cut = start
+        self._dropped_words += len(new) - cut
+        return new[:cut]
 
     def _note_segments(self, segment_ends: Sequence[float], words: list[_W]) -> None:
         """Keep segment ends that this hypothesis and the previous one place alike."""
@@ -377,6 +439,8 @@ class StreamingPolicy:
         events: list[RecognizerEvent] = []
         while (j := self._next_end()) is not None:
             events += self._close(j)
+        if (j := self._phrase_end()) is not None:
+            events += self._close(j, trim=False)
         return events
 
     def _next_end(self) -> int | None:
@@ -385,8 +449,8 @@ class StreamingPolicy:
         Never before a committed word already sent as fixed: fixed text only grows.
         """
         words = self._open
-        for j in range(max(self._shown_fixed - 1, 0), len(words) - 1):
-            if _ends_sentence(words[j].text) and _starts_sentence(words[j + 1].text):
+        for j in range(max(self._shown_fixed - 1, 0), len(words)):
+            if _ends_sentence(words[j].text):
                 return j
         candidates = [*words, *self._tentative]
         for b in sorted(self._boundaries):
@@ -400,8 +464,33 @@ class StreamingPolicy:
                 return n
         return None
 
-    def _close(self, j: int) -> list[RecognizerEvent]:
-        """End the current sentence after its committed word ``j``."""
+    def _phrase_end(self) -> int | None:
+        """Where a sentence longer than ``max_sentence_s`` is cut, if it is.
+
+        Past half of it, at a clause break (a comma, a conjunction next) among the words
+        newly committed; past all of it, at the best break there, else the newest word.
+        Such a cut does not trim the window: the model keeps the sentence's audio as context.
+        """
+        words = self._open
+        if self._max_sentence_s is None or not words:
+            return None
+        begin = words[0].start
+        best: tuple[int, int] | None = None  # (score, index)
+        for j in range(max(self._shown_fixed - 1, 0), len(words)):
+            if words[j].end - begin < self._max_sentence_s / 2:
+                continue
+            after = words[j + 1] if j + 1 < len(words) else next(iter(self._tentative), None)
+            candidate = (_break_score(words[j], after), j)
+            if best is None or candidate >= best:
+                best = candidate
+        if best is None:
+            return None
+        if best[0] >= 2 or words[-1].end - begin >= self._max_sentence_s:
+            return best[1]
+        return None
+
+    def _close(self, j: int, *, trim: bool = True) -> list[RecognizerEvent]:
+        """End the current sentence after its committed word ``j``; ``trim`` the window there."""
         words, self._open = self._open[: j + 1], self._open[j + 1 :]
         events: list[RecognizerEvent] = []
         if not self._begun:
@@ -421,8 +510,9 @@ class StreamingPolicy:
         self._shown = ("", "", "")
         self._shown_ms = -1
         self._shown_fixed = 0
-        self._add_prompt(text)
-        self._move_window(words[-1].end)
+        self._closed.append((words[-1].end, text))
+        if trim:
+            self._move_window(words[-1].end)
         return events
 
     def _silence_ends(self) -> list[RecognizerEvent]:
@@ -460,6 +550,10 @@ class StreamingPolicy:
         """Keep ``audio_end - window_start <= max_window_s``, forcing sentence ends."""
         if audio_end - self._window_start <= self._max_window_s:
             return []
+        if self._closed:  # trim at the newest sentence end, a phrase's if need be
+            self._move_window(self._closed[-1][0])
+            if audio_end - self._window_start <= self._max_window_s:
+                return []
         self._forced_ends += 1
         events: list[RecognizerEvent] = []
         if self._open:  # end at the newest committed word
@@ -487,6 +581,8 @@ class StreamingPolicy:
         if to <= self._window_start:
             return
         self._window_start = to
+        while self._closed and self._closed[0][0] <= to:
+            self._add_prompt(self._closed.popleft()[1])
         self._silences = [(a, b) for a, b in self._silences if b > to]
         self._boundaries = [b for b in self._boundaries if b > to + _SEGMENT_TOLERANCE_S]
 
@@ -506,14 +602,17 @@ class StreamingPolicy:
     def _show(self, audio_end: float) -> list[RecognizerEvent]:
         """SentenceBegin when the current sentence is first seen; its ResultChanged if new."""
         events: list[RecognizerEvent] = []
-        words = [*self._open, *self._tentative]
+        shown_tentative = self._tentative
+        if not self._eager:
+            shown_tentative = [w for w in self._tentative if w.end <= self._seen_until]
+        words = [*self._open, *shown_tentative]
         if words and not self._begun:
             self._begun = True
             begin = words[0].start  # committed words already follow the previous sentence
             if not self._open and self._last_end is not None:
                 begin = max(begin, self._last_end)
             events.append(SentenceBegin(self._index, _ms(begin)))
-        shown = (_join(words), _join(self._open), _join(self._tentative))
+        shown = (_join(words), _join(self._open), _join(shown_tentative))
         if shown != self._shown and _ms(audio_end) > self._shown_ms:
             self._shown = shown
             self._shown_ms = _ms(audio_end)
@@ -562,15 +661,31 @@ def _word(w: _W) -> Word:
 
 
 def _ends_sentence(text: str) -> bool:
+    """``text`` ends a sentence: not an ellipsis ("then..."), title ("Mr.") or initial ("U.S.").
+
+    The next word's case says little: Whisper often starts a window in lower case.
+    """
     core = text.rstrip(_CLOSING)
-    if not core.endswith(_SENTENCE_PUNCT):
+    if not core.endswith(_SENTENCE_PUNCT) or core.endswith(("..", "\u2026")):
         return False
     return _key(core) not in _HONORIFICS and not _INITIALS.fullmatch(core)
 
 
-def _starts_sentence(text: str) -> bool:
-    letter = next((ch for ch in text if ch.isalnum()), "")
-    return not letter.islower()
+def _break_score(word: _W, after: _W | None) -> int:
+    """How good a place to cut a long sentence the end of ``word`` is: -1 (bad) to 3."""
+    if word.text.rstrip(_CLOSING).endswith((",", ";", ":", "\u2014", "-")):
+        return 3
+    if after is not None and after.key in _CONJUNCTIONS:
+        return 2
+    if word.key in _NO_BREAK_AFTER:
+        return -1
+    if after is not None and after.start - word.end >= _BREAK_GAP_S:
+        return 1
+    return 0
+
+
+def _punctuated(text: str) -> bool:
+    return not text[-1:].isalnum()
 
 
 def _same(new: _W, old: _W) -> bool:

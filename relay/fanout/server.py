@@ -129,7 +129,7 @@ class FanoutServer:
         conn.outbox_limit = self._limits.max_pending_bytes
         conn.stream_id, conn.lang = parsed.stream_id, parsed.lang
         with bound_contextvars(stream_id=parsed.stream_id):
-            conn.syncing = True
+            conn.start_sync()
             self._hub.join(conn)
             try:
                 await self._greet(conn, parsed)

@@ -38,6 +38,7 @@ from relay.errors import (
     EngineUnavailable,
     MalformedCallback,
     SignatureRejected,
+    StreamBusy,
     StreamNotFound,
     TaskEnded,
     UnknownCallback,
@@ -139,6 +140,10 @@ class CaptionService:
             engine = self._engines.get(request.engine)
             if engine is None:
                 raise EngineUnavailable(f"engine {request.engine!r} is not available")
+            # Refuse a busy stream before the engine spends anything on it.
+            current = await self._store.get_stream(request.stream_id)
+            if current is not None and current.task is not None and not current.task.state.ended:
+                raise StreamBusy(f"stream {request.stream_id!r} is already captioned")
             auth_key = secrets.token_hex(16)
             spec = TaskSpec(
                 stream_id=request.stream_id,
@@ -168,7 +173,14 @@ class CaptionService:
             report_interval_ms=request.report_interval_ms,
             source=dict(request.source),
         )
-        await self._store.register_task(record)
+        try:
+            await self._store.register_task(record)
+        except BaseException:
+            # Lost a race for the stream (or the store failed): release the engine's task.
+            engine = self._engines.get(record.engine)
+            if request.task_id is None and engine is not None:
+                await engine.stop(task_id)
+            raise
         self._latencies.pop(record.stream_id, None)
         self._track(self._new_live(record))
         log.info(

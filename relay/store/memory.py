@@ -27,8 +27,10 @@ class MemoryStore:
         self._streams: dict[str, _Stream] = {}
         self._tasks: dict[str, TaskRecord] = {}
         self._tokens: dict[str, str] = {}
-        self._seen: dict[tuple[str, str], float] = {}
-        self._seen_order: deque[tuple[float, tuple[str, str]]] = deque()
+        # (task, message) -> expiry, keyed by a 64-bit hash: at thousands of callbacks a
+        # second over a 600 s window, keeping the strings would cost hundreds of MiB.
+        self._seen: dict[int, float] = {}
+        self._seen_order: deque[tuple[float, int]] = deque()
         self._listeners: list[Listener] = []
 
     async def start(self) -> None:
@@ -79,7 +81,7 @@ class MemoryStore:
             _, old = self._seen_order.popleft()
             if self._seen.get(old, now + 1) <= now:
                 del self._seen[old]
-        key = (task_id, message_id)
+        key = hash((task_id, message_id))
         if self._seen.get(key, 0.0) > now:
             return False
         self._seen[key] = now + ttl_s

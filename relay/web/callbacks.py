@@ -46,7 +46,7 @@ async def aliyun_callback(request: web.Request) -> web.Response:
             task_id=record.task_id if isinstance(record, TaskRecord) else None,
         )
         raise
-    metrics.callbacks.labels(result="accepted" if fresh else "duplicate").inc()
+    (metrics.callbacks_accepted if fresh else metrics.callbacks_duplicate).inc()
     metrics.callback_seconds.observe(time.perf_counter() - started)
     return web.Response(body=_ACK, content_type="application/json")
 

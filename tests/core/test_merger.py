@@ -689,3 +689,18 @@ class MergerMachine(RuleBasedStateMachine):
 
 TestMergerMachine = MergerMachine.TestCase
 TestMergerMachine.settings = settings(max_examples=300, stateful_step_count=60, deadline=None)
+
+
+def test_a_long_task_keeps_a_bounded_number_of_finals() -> None:
+    from relay.core.merger import KEEP_FINALS
+
+    merger = Merger()
+    total = 3 * KEEP_FINALS
+    for i in range(total):
+        assert merger.receive(SentenceEnd(index=i, time_ms=i + 1, begin_ms=i, text=f"s{i}"))
+    assert len(merger.finals) <= KEEP_FINALS + KEEP_FINALS // 4
+    assert max(merger.finals) == total - 1
+    # a late copy of a forgotten final, or a translation of it, changes nothing
+    assert merger.receive(SentenceEnd(index=0, time_ms=1, begin_ms=0, text="again")) == []
+    assert merger.receive(Translated(index=0, translations={"cn": "x"})) == []
+    assert merger.receive(ResultChanged(index=5, time_ms=999_999, text="late")) == []

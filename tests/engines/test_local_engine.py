@@ -170,3 +170,19 @@ def _ffmpeg_children() -> list[int]:
 
     me = psutil.Process(os.getpid())
     return [p.pid for p in me.children(recursive=True) if "ffmpeg" in p.name()]
+
+
+async def test_a_busy_stream_is_409_and_starts_no_second_reader() -> None:
+    async with running_relay() as h:
+        await start_local(h, "busy", wav("welcome_en_us"))
+        await asyncio.sleep(1.0)
+        before = _ffmpeg_children()
+        body = {
+            "stream_id": "busy",
+            "engine": "local",
+            "source": {"url": wav("numbers_en_gb").as_uri(), "realtime": True},
+        }
+        async with h.session.post(f"{h.http}/v1/streams", json=body) as resp:
+            assert resp.status == 409
+        await asyncio.sleep(0.5)
+        assert len(_ffmpeg_children()) == len(before) == 1

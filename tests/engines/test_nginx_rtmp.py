@@ -64,33 +64,36 @@ async def nginx(tmp: Path, rtmp_port: int, relay_http: str) -> AsyncIterator[Non
 
 async def test_publish_gives_captions_and_unpublish_ends_the_task(tmp_path: Path) -> None:
     rtmp_port = free_port()
-    async with running_relay(rtmp_url=f"rtmp://127.0.0.1:{rtmp_port}") as h:
-        async with nginx(tmp_path, rtmp_port, h.http), h.viewer("onair") as ws:
-            assert (await recv_json(ws))["state"] == "idle"
-            publisher = await asyncio.create_subprocess_exec(
-                default_ffmpeg(),
-                "-nostdin",
-                "-loglevel",
-                "error",
-                "-re",
-                "-i",
-                str(wav("welcome_en_us")),
-                "-c:a",
-                "aac",
-                "-ar",
-                "44100",
-                "-f",
-                "flv",
-                f"rtmp://127.0.0.1:{rtmp_port}/live/onair",
-            )
-            seen = []
-            async with asyncio.timeout(60):
-                while True:
-                    message = await recv_json(ws, timeout=60)
-                    seen.append(message)
-                    if message.get("state") in ("terminated", "failed"):
-                        break
-            assert await publisher.wait() == 0
+    async with (
+        running_relay(rtmp_url=f"rtmp://127.0.0.1:{rtmp_port}") as h,
+        nginx(tmp_path, rtmp_port, h.http),
+        h.viewer("onair") as ws,
+    ):
+        assert (await recv_json(ws))["state"] == "idle"
+        publisher = await asyncio.create_subprocess_exec(
+            default_ffmpeg(),
+            "-nostdin",
+            "-loglevel",
+            "error",
+            "-re",
+            "-i",
+            str(wav("welcome_en_us")),
+            "-c:a",
+            "aac",
+            "-ar",
+            "44100",
+            "-f",
+            "flv",
+            f"rtmp://127.0.0.1:{rtmp_port}/live/onair",
+        )
+        seen = []
+        async with asyncio.timeout(60):
+            while True:
+                message = await recv_json(ws, timeout=60)
+                seen.append(message)
+                if message.get("state") in ("terminated", "failed"):
+                    break
+        assert await publisher.wait() == 0
     states = [(m["state"], m["reason"]) for m in seen if m["type"] == "state"]
     assert states[0] == ("starting", "") and states[-1] == ("terminated", "stopped"), states
     finals = " ".join(m["text"] for m in seen if m["type"] == "final")

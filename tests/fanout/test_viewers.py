@@ -224,3 +224,20 @@ async def test_shutdown_closes_viewers_with_1001() -> None:
     with pytest.raises(ConnectionClosed):
         await recv_json(ws)
     assert ws.close_code == 1001
+
+
+async def test_a_flood_of_viewers_past_the_limit_gets_503_and_the_rest_are_served() -> None:
+    async with running_relay(max_viewers=20) as h:
+        results = await asyncio.gather(
+            *(h.viewer("crowd").__aenter__() for _ in range(40)), return_exceptions=True
+        )
+        admitted = [r for r in results if not isinstance(r, BaseException)]
+        refused = [r for r in results if isinstance(r, InvalidStatus)]
+        assert len(admitted) == 20 and len(refused) == 20
+        assert {r.response.status_code for r in refused} == {503}
+        rec = await h.attach("crowd")
+        await rec.final(0, "Everyone admitted hears this.", 0, 100)
+        for ws in admitted:
+            seen = await recv_until(ws, lambda m: m["type"] == "final")
+            assert seen[-1]["text"] == "Everyone admitted hears this."
+            await ws.close()

@@ -85,7 +85,7 @@ class _Window:
         self.changed.set()
 
     def trim(self, before: float) -> None:
-        drop = int(round((before - self.start) * SAMPLE_RATE))
+        drop = round((before - self.start) * SAMPLE_RATE)
         if drop > 0:
             drop = min(drop, len(self.samples))
             self.samples = self.samples[drop:]
@@ -296,8 +296,8 @@ class _StreamRun:
         """One step: the audio up to ``end`` is in the window; ``since`` was seen before."""
         window, policy = self.window, self.policy
         offset = window.start
-        audio = window.samples[: int(round((end - offset) * SAMPLE_RATE))]
-        new_from = max(0, int(round((since - offset) * SAMPLE_RATE)))
+        audio = window.samples[: round((end - offset) * SAMPLE_RATE)]
+        new_from = max(0, round((since - offset) * SAMPLE_RATE))
         speech = await asyncio.to_thread(self.vad.speech_spans, audio[new_from:], since)
         events: list[RecognizerEvent] = []
         if speech or self.vad.speaking:

@@ -8,29 +8,37 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
-from relay.core.hypothesis import HypWord, Hypothesis
+from relay.core.hypothesis import Hypothesis, HypWord
+
+T = TypeVar("T")
 
 SAMPLE_RATE = 16_000
 HOP = 160  # samples per mel frame (10 ms)
 TIME_PRECISION = 0.02  # seconds per timestamp token and per encoder frame
 MAX_FRAMES = 3000  # the encoder's positional table: 30 s of mel frames
 MAX_LENGTH = 448  # the decoder's context
-PREPEND_PUNCTUATIONS = "\"'“¿([{-"
-APPEND_PUNCTUATIONS = "\"'.。,，!！?？:：”)]}、"
+PREPEND_PUNCTUATIONS = "\"'\u201c\u00bf([{-"
+APPEND_PUNCTUATIONS = "\"'.\u3002,\uff0c!\uff01?\uff1f:\uff1a\u201d)]}\u3001"  # as faster-whisper
 MIN_FRAMES = 10  # 0.1 s: shorter windows are not worth a model call
 MAX_PASSES = 3  # decoder passes per window (faster-whisper's seek loop, bounded)
 MIN_TAIL_S = 0.5  # resume decoding only when at least this much audio is left
 TOKENS_PER_S = 6.0  # decoder budget: fast speech is ~5 tokens/s with punctuation
-END_GUARD_S = 0.25  # segment ends this close to the window's end are not reported
+END_GUARD_S = 0.5  # segment ends this close to the window's end are not reported
 TAIL_GUARD_S = 0.06  # words starting in the last 3 frames are hallucinated
+SQUEEZED_S = 0.04  # ... and so are words of <= 2 frames near the end
+SQUEEZE_ZONE_S = 0.3
 REPEAT_NGRAM = 4
 OVERLAP_S = 0.1  # a resumed pass may repeat the last word: drop what starts before
+QUIET_DB = -34.0  # a 10 ms frame this far below the window's loud frames is a pause
+MIN_QUIET_S = 0.15  # a word edge moves only across a pause at least this long
+SILENCE_DBFS = -70.0  # quieter frames are silence whatever the window holds
 
 
 def default_model_path() -> str:
@@ -64,8 +72,7 @@ class Recognizer:
         max_parallel: int = 1,
         pad_s: float = 1.0,
         beam_size: int = 1,
-        no_speech_threshold: float | None = 0.6,
-        log_prob_threshold: float = -1.0,
+        no_speech_threshold: float | None = None,
     ) -> None:
         if max_parallel < 1:
             raise ValueError("max_parallel must be at least 1")
@@ -75,10 +82,9 @@ class Recognizer:
         self._cpu_threads = cpu_threads
         self._compute_type = compute_type
         self._max_parallel = max_parallel
-        self._pad_frames = int(round(pad_s * SAMPLE_RATE / HOP))
+        self._pad_frames = round(pad_s * SAMPLE_RATE / HOP)
         self._beam_size = beam_size
         self._no_speech_threshold = no_speech_threshold
-        self._log_prob_threshold = log_prob_threshold
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=max_parallel, thread_name_prefix="relay-asr"
         )
@@ -107,14 +113,15 @@ class Recognizer:
         ``prompt`` is the text already committed before the window (Whisper's previous-text
         conditioning). Word and segment times in the result are absolute stream times.
         """
-        return await self._run(self._transcribe_sync, audio, offset_s, prompt)
+        samples = np.array(audio, dtype=np.float32).reshape(-1)  # the caller may reuse its buffer
+        return await self._run(self._transcribe_sync, samples, float(offset_s), prompt)
 
     def close(self) -> None:
         """Shut the pool down: queued calls are cancelled, a running one finishes on its own."""
         self._closed = True
         self._pool.shutdown(wait=False, cancel_futures=True)
 
-    async def _run(self, fn: Any, *args: Any) -> Any:
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         if self._closed:
             raise RuntimeError("recognizer is closed")
         loop = asyncio.get_running_loop()
@@ -167,13 +174,14 @@ class Recognizer:
         duration = content * HOP / SAMPLE_RATE
         pad = self._padding(content)
         padded = np.concatenate((samples, np.zeros(pad * HOP, np.float32)))
-        mel = lm.model.feature_extractor(padded)[:, : content + pad]
+        mel = lm.model.feature_extractor(padded)  # content + pad frames, and one more
 
         words: list[dict[str, Any]] = []
         ends: list[float] = []
         context = prompt.strip()
         seek = 0
-        no_speech_prob, logprobs, first = 1.0, [], True
+        no_speech_prob, first = 1.0, True
+        logprobs: list[float] = []
         for _ in range(MAX_PASSES):
             last_end = words[-1]["end"] if words else 0.0
             piece = self._decode(lm, mel, seek, content, pad, context, last_end)
@@ -193,13 +201,9 @@ class Recognizer:
             context = f"{context} {said}".strip()
             seek = round(resume * SAMPLE_RATE / HOP)
         avg_logprob = float(np.mean(logprobs)) if logprobs else 0.0
-        if (
-            self._no_speech_threshold is not None
-            and no_speech_prob > self._no_speech_threshold
-            and avg_logprob < self._log_prob_threshold
-        ):
+        if self._no_speech_threshold is not None and no_speech_prob > self._no_speech_threshold:
             words, ends = [], []
-        words = _clean_tail(_cut_repeat(words), duration)
+        words = _snap_to_speech(_clean_tail(_cut_repeat(words), duration), samples)
         return Hypothesis(
             tuple(
                 HypWord(
@@ -231,9 +235,10 @@ class Recognizer:
         import ctranslate2  # type: ignore[import-untyped]
 
         model, tok = lm.model, lm.tokenizer
-        frames = mel[:, seek : content + pad]
-        if frames.shape[1] % 2:
-            frames = np.pad(frames, ((0, 0), (0, 1)), constant_values=float(frames.min()))
+        n = content + pad - seek
+        if n % 2:  # the encoder's stride is 2
+            n += 1 if seek + n < mel.shape[1] and n < MAX_FRAMES else -1
+        frames = mel[:, seek : seek + n]
         encoder_output = model.model.encode(
             ctranslate2.StorageView.from_array(np.ascontiguousarray(frames[None])), to_cpu=False
         )
@@ -260,7 +265,7 @@ class Recognizer:
         )[0]
         tokens: list[int] = list(result.sequences_ids[0])
         avg_logprob = float(result.scores[0]) * len(tokens) / (len(tokens) + 1)
-        segments, ends, resume = _split(tokens, tok.timestamp_begin, tok.eot, duration)
+        segments, resume = _split(tokens, tok.timestamp_begin, tok.eot, duration)
         for segment in segments:
             segment["seek"] = seek
             segment["start"] += offset
@@ -275,19 +280,27 @@ class Recognizer:
                 APPEND_PUNCTUATIONS,
                 last_speech_timestamp=last_speech,
             )
-        words = [
-            {
-                "word": w["word"],
-                "start": min(max(float(w["start"]), offset), offset + duration),
-                "end": min(max(float(w["end"]), float(w["start"]), offset), offset + duration),
-                "probability": float(w["probability"]),
-            }
-            for segment in segments
-            for w in segment["words"]
-        ]
+        words: list[dict[str, Any]] = []
+        ends: list[float] = []
+        for segment in segments:
+            words += [
+                {
+                    "word": w["word"],
+                    "start": min(max(float(w["start"]), offset), offset + duration),
+                    "end": min(max(float(w["end"]), float(w["start"]), offset), offset + duration),
+                    "probability": float(w["probability"]),
+                }
+                for w in segment["words"]
+            ]
+            # a closed segment ends at its timestamp, or later if its last word does: tiny.en's
+            # timestamps are coarse (often whole seconds), the aligned words are not
+            if segment["closed"]:
+                end = max(float(segment["end"]), words[-1]["end"] if segment["words"] else 0.0)
+                if end < offset + duration - END_GUARD_S:
+                    ends.append(end)
         return _Piece(
             words,
-            [offset + e for e in ends],
+            ends,
             None if resume is None else offset + resume,
             float(result.no_speech_prob),
             avg_logprob,
@@ -305,18 +318,17 @@ class _Piece:
 
 def _split(
     tokens: list[int], timestamp_begin: int, eot: int, duration: float
-) -> tuple[list[dict[str, Any]], list[float], float | None]:
+) -> tuple[list[dict[str, Any]], float | None]:
     """Cut decoded tokens into segments at timestamp tokens.
 
-    Returns the segments (``start``/``end``/``tokens``), the reported segment ends, and where
-    to resume when the model stopped after opening a new segment (a timestamp pair, then
-    end of text) with audio left. The last segment may lack its closing timestamp (the
-    audio ran out mid-sentence): it then ends at ``duration`` and its end is not reported.
-    Ends within :data:`END_GUARD_S` of the window's end are not reported either: there the
-    model closes whatever it was saying because the audio stops, not because a sentence ended.
+    Returns the segments (``start``/``end``/``tokens``/``closed``) and where to resume when
+    the model stopped after opening a new segment (a timestamp pair, then end of text) with
+    audio left. The last segment may lack its closing timestamp (the audio ran out
+    mid-sentence): it then ends at ``duration`` and is not ``closed``, so its end is not
+    reported. Ends within :data:`END_GUARD_S` of the window's end are not reported either:
+    there the model closes whatever it was saying because the audio stops.
     """
     segments: list[dict[str, Any]] = []
-    ends: list[float] = []
     start = 0.0
     text: list[int] = []
     last_was_timestamp = False
@@ -325,9 +337,7 @@ def _split(
         if token >= timestamp_begin:
             t = (token - timestamp_begin) * TIME_PRECISION
             if text:
-                segments.append({"start": start, "end": t, "tokens": text})
-                if t < duration - END_GUARD_S:
-                    ends.append(t)
+                segments.append({"start": start, "end": t, "tokens": text, "closed": True})
                 text = []
                 resume = None
             elif last_was_timestamp:
@@ -339,8 +349,8 @@ def _split(
             last_was_timestamp = False
             resume = None
     if text:
-        segments.append({"start": start, "end": duration, "tokens": text})
-    return segments, ends, resume
+        segments.append({"start": start, "end": duration, "tokens": text, "closed": False})
+    return segments, resume
 
 
 def _norm(word: str) -> str:
@@ -358,7 +368,7 @@ def _cut_repeat(words: list[dict[str, Any]], n: int = REPEAT_NGRAM) -> list[dict
     seen: set[tuple[str, ...]] = set()
     for i in range(len(keys) - n + 1):
         gram = tuple(keys[i : i + n])
-        if gram in seen:
+        if gram in seen and all(gram):
             return words[:i]
         if i - n + 1 >= 0:
             seen.add(tuple(keys[i - n + 1 : i + 1]))
@@ -366,7 +376,57 @@ def _cut_repeat(words: list[dict[str, Any]], n: int = REPEAT_NGRAM) -> list[dict
 
 
 def _clean_tail(words: list[dict[str, Any]], duration: float) -> list[dict[str, Any]]:
-    """Drop words that start in the window's last frames: nothing audible is left for them."""
-    while words and words[-1]["start"] >= duration - TAIL_GUARD_S:
+    """Drop trailing words with no audio of their own.
+
+    When the audio runs out mid-phrase Whisper tends to go on (a repeat, "you", "Thank");
+    the aligner squeezes such words into the window's last frames with no duration. A word
+    that starts in the last :data:`TAIL_GUARD_S`, or lasts under :data:`SQUEEZED_S` within the
+    last :data:`SQUEEZE_ZONE_S`, is dropped; the next, longer window will hear it if it is real.
+    """
+    while words:
+        last = words[-1]
+        starts_late = last["start"] >= duration - TAIL_GUARD_S
+        squeezed = (
+            last["end"] - last["start"] <= SQUEEZED_S and last["start"] >= duration - SQUEEZE_ZONE_S
+        )
+        if not (starts_late or squeezed):
+            break
         words = words[:-1]
     return words
+
+
+def _snap_to_speech(
+    words: list[dict[str, Any]], samples: npt.NDArray[np.float32]
+) -> list[dict[str, Any]]:
+    """Fit the words to the audible audio: drop the ones over silence, trim stretched edges.
+
+    A frame (10 ms) is speech when it is louder than :data:`SILENCE_DBFS` and within
+    :data:`QUIET_DB` of the window's loud frames (99th percentile). A word without one speech
+    frame is Whisper talking over silence ("you", "Thank you", "...") and is dropped, as are
+    words with no letter or digit. The cross-attention alignment also glues the first word
+    after a pause to the pause's start (often the window's start) and lets a sentence's last
+    word run on into the silence after it: a word edge moves onto the speech when at least
+    :data:`MIN_QUIET_S` of quiet frames lie inside the word at that edge.
+    """
+    frames = len(samples) // HOP
+    words = [w for w in words if _norm(w["word"])]
+    if not words or frames < 1:
+        return words
+    rms = np.sqrt(np.mean(samples[: frames * HOP].reshape(frames, HOP) ** 2, axis=1))
+    floor = max(float(np.percentile(rms, 99)) * 10 ** (QUIET_DB / 20), 10 ** (SILENCE_DBFS / 20))
+    speech = rms > floor
+    min_quiet = round(MIN_QUIET_S * SAMPLE_RATE / HOP)
+    out: list[dict[str, Any]] = []
+    for w in words:
+        a = min(frames - 1, round(w["start"] * SAMPLE_RATE / HOP))
+        b = min(frames, max(a + 1, round(w["end"] * SAMPLE_RATE / HOP)))
+        inside = np.flatnonzero(speech[a:b])
+        if not inside.size:
+            continue
+        start, end = w["start"], w["end"]
+        if inside[0] >= min_quiet:
+            start = float(a + inside[0]) * HOP / SAMPLE_RATE
+        if (b - a) - 1 - inside[-1] >= min_quiet:
+            end = float(a + inside[-1] + 1) * HOP / SAMPLE_RATE
+        out.append({**w, "start": start, "end": max(start, end)})
+    return out
