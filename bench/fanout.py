@@ -46,7 +46,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import traceback
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -161,92 +160,9 @@ def callback_for(task_id: str, ev: ScriptEvent) -> bytes:
 # --- child processes: plumbing ---------------------------------------------------------
 
 
-def emit(obj: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(obj) + "\n")
-    sys.stdout.flush()
-
-
-async def stdin_reader() -> asyncio.StreamReader:
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader(limit=1 << 20)
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    return reader
-
-
-class Child:
-    """A helper process (client or baseline) spoken to in JSON lines over stdin/stdout."""
-
-    def __init__(self, name: str, proc: asyncio.subprocess.Process, log_path: Path) -> None:
-        self.name = name
-        self.proc = proc
-        self.log_path = log_path
-
-    @classmethod
-    async def start(
-        cls, name: str, role_args: Sequence[str], cpu: int | None, nice: int = 0
-    ) -> Child:
-        fd, log_name = tempfile.mkstemp(prefix=f"fanout-{name}-", suffix=".log")
-        try:
-            argv = common.launch_argv(
-                [sys.executable, str(Path(__file__).resolve()), *role_args], cpu, nice
-            )
-            proc = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=fd,
-                limit=64 << 20,
-                cwd=common.ROOT,
-            )
-        finally:
-            os.close(fd)
-        return cls(name, proc, Path(log_name))
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    async def send(self, obj: dict[str, Any]) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write((json.dumps(obj) + "\n").encode())
-        await self.proc.stdin.drain()
-
-    async def expect(self, event: str, timeout: float) -> dict[str, Any]:
-        assert self.proc.stdout is not None
-        try:
-            async with asyncio.timeout(timeout):
-                line = await self.proc.stdout.readline()
-        except TimeoutError:
-            raise RuntimeError(
-                f"{self.name}: no {event!r} within {timeout:.0f} s\n{common.tail(self.log_path)}"
-            ) from None
-        if not line:
-            await self.proc.wait()
-            raise RuntimeError(
-                f"{self.name} exited with {self.proc.returncode}\n{common.tail(self.log_path)}"
-            )
-        msg: dict[str, Any] = json.loads(line)
-        if msg.get("event") == "error":
-            raise RuntimeError(f"{self.name}: {msg.get('error')}")
-        if msg.get("event") != event:
-            raise RuntimeError(f"{self.name}: expected {event!r}, got {msg}")
-        return msg
-
-    async def request(self, obj: dict[str, Any], event: str, timeout: float) -> dict[str, Any]:
-        await self.send(obj)
-        return await self.expect(event, timeout)
-
-    async def stop(self) -> None:
-        if self.proc.returncode is None and self.proc.stdin is not None:
-            with contextlib.suppress(OSError, RuntimeError):
-                self.proc.stdin.write(b'{"cmd": "quit"}\n')
-                self.proc.stdin.close()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(5):
-                    await self.proc.wait()
-        await common.stop_async_process(self.proc, 5)
-        with contextlib.suppress(OSError):
-            self.log_path.unlink()
+emit = common.emit
+stdin_reader = common.stdin_reader
+Child = common.Child
 
 
 # --- role: load client (core 1) --------------------------------------------------------
@@ -745,6 +661,7 @@ class Bench:
     async def _run_baseline(self, result: Result, name: str) -> None:
         port = common.free_port()
         child = await Child.start(
+            Path(__file__),
             name,
             ["--role", name, "--port", str(port)],
             self.server_cpu,
@@ -816,6 +733,7 @@ class Bench:
         n = result.viewers
         rss0 = await settled_rss(target.pid)
         client = await Child.start(
+            Path(__file__),
             "client",
             [
                 "--role",
