@@ -54,6 +54,7 @@ import asyncio
 import bisect
 import contextlib
 import gc
+import hashlib
 import itertools
 import json
 import math
@@ -984,6 +985,17 @@ def print_table(columns: list[tuple[str, Summary]], notes: list[str]) -> None:
 # --- main ------------------------------------------------------------------------------
 
 
+def source_digest() -> str:
+    """Which relay code ran: a digest of relay/**/*.py and when the newest of them changed."""
+    digest = hashlib.sha256()
+    newest = 0.0
+    for path in sorted((ROOT / "relay").rglob("*.py")):
+        digest.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes())
+        newest = max(newest, path.stat().st_mtime)
+    changed = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(newest))
+    return f"relay source sha256 {digest.hexdigest()[:12]}, newest file changed {changed}"
+
+
 def wait_for_quiet(args: argparse.Namespace, what: str) -> str:
     if args.quick or args.wait_quiet <= 0:
         return ""
@@ -1066,6 +1078,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if quiet := wait_for_quiet(args, "relay"):
                 notes.append(quiet)
             print(f"relay: {args.streams} stream(s) of {clips[0].duration:.0f} s ...", flush=True)
+            notes.append(source_digest())
             relay_run = asyncio.run(run_relay(clips, timing))
             columns.append(("relay", summarise(relay_run, bool(args.minutes))))
             if relay_run.error:

@@ -110,10 +110,11 @@ class LocalEngine:
         *,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._recognizer = recognizer
-        self._config = config
-        self._metrics = metrics
-        self._clock = clock
+        # Read by each stream's run (below); set once.
+        self.recognizer = recognizer
+        self.config = config
+        self.metrics = metrics
+        self.clock = clock
         self._group: asyncio.TaskGroup | None = None
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._runs: dict[str, _StreamRun] = {}
@@ -123,8 +124,8 @@ class LocalEngine:
         """Own the per-stream tasks: they live inside this context and end with it."""
         async with asyncio.TaskGroup() as group:
             self._group = group
-            if self._config.preload:
-                group.create_task(self._recognizer.load())
+            if self.config.preload:
+                group.create_task(self.recognizer.load())
             try:
                 yield
             finally:
@@ -133,7 +134,7 @@ class LocalEngine:
                     task.cancel()
 
     async def ready(self) -> None:
-        if not self._recognizer.loaded:
+        if not self.recognizer.loaded:
             raise OSError("speech model not loaded yet")
 
     async def start(self, spec: TaskSpec, sink: TaskSink) -> str:
@@ -142,7 +143,7 @@ class LocalEngine:
             raise InvalidRequest("source.url is required for engine 'local'")
         source = SourceSpec(url=url, realtime=bool(spec.source.get("realtime", False)))
         try:
-            FfmpegSource(source, ffmpeg_exe=self._config.ffmpeg)  # validates the URL now
+            FfmpegSource(source, ffmpeg_exe=self.config.ffmpeg)  # validates the URL now
         except SourceError as exc:
             raise InvalidRequest(f"source.url: {exc}") from None
         if self._group is None:
@@ -170,7 +171,7 @@ class LocalEngine:
             return
         run.request_stop()
         try:
-            async with asyncio.timeout(self._config.stop_grace_s):
+            async with asyncio.timeout(self.config.stop_grace_s):
                 await asyncio.shield(task)
         except TimeoutError:
             task.cancel()
@@ -223,7 +224,7 @@ class _StreamRun:
     # --- reader -----------------------------------------------------------------------
 
     async def _read(self) -> None:
-        config = self.engine._config
+        config = self.engine.config
         network = self.source.url.split(":", 1)[0] in NETWORK_SCHEMES
         window_s = (
             self.spec.auto_terminate_delay_s
@@ -254,14 +255,14 @@ class _StreamRun:
 
     async def _read_once(self) -> tuple[bool, str | None]:
         """Read until ffmpeg stops. Return (any audio read, failure reason or None)."""
-        config = self.engine._config
+        config = self.engine.config
         got_audio = False
         last_alive = 0.0
         try:
             async with FfmpegSource(self.source, ffmpeg_exe=config.ffmpeg) as ffmpeg:
                 async for pcm in ffmpeg.chunks():
                     got_audio = True
-                    wall = self.engine._clock()
+                    wall = self.engine.clock()
                     self.window.append(pcm, wall)
                     if wall - last_alive >= config.alive_every_s:
                         last_alive = wall
@@ -278,7 +279,7 @@ class _StreamRun:
 
     async def _step(self) -> None:
         window, policy = self.window, self.policy
-        step_s = self.engine._config.step_s
+        step_s = self.engine.config.step_s
         stepped_to = 0.0
         while True:
             while not window.ended and window.end - stepped_to < step_s:
@@ -301,12 +302,12 @@ class _StreamRun:
         speech = await asyncio.to_thread(self.vad.speech_spans, audio[new_from:], since)
         events: list[RecognizerEvent] = []
         if speech or self.vad.speaking:
-            hyp = await self.engine._recognizer.transcribe(
+            hyp = await self.engine.recognizer.transcribe(
                 audio, offset_s=offset, prompt=policy.prompt
             )
             events += policy.receive(hyp)
         else:
-            self.engine._metrics.local_steps_skipped.inc()
+            self.engine.metrics.local_steps_skipped.inc()
         silent_from = self.vad.silent_since
         if silent_from is not None and silent_from < end:
             events += policy.silence(silent_from, end)
@@ -322,7 +323,7 @@ class _StreamRun:
         window.trim(policy.window_start)
 
     async def _emit(self, events: list[RecognizerEvent]) -> None:
-        now = self.engine._clock()
+        now = self.engine.clock()
         for event in events:
             if isinstance(event, ResultChanged | SentenceEnd):
                 arrived = self.window.arrived_at(event.time_ms / 1000)
