@@ -9,7 +9,6 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import imageio_ffmpeg  # type: ignore[import-untyped]
@@ -19,16 +18,11 @@ import pytest
 
 from relay.core.hypothesis import Hypothesis
 from relay.engines.local.recognizer import SAMPLE_RATE, Recognizer
+from tests.audio import AUDIO_DIR as AUDIO
 from tests.wer import edit_distance, normalise, wer
 
-AUDIO = Path(__file__).resolve().parents[2].parent / "shared" / "audio"
-TRANSCRIPTS: dict[str, Any] = (
-    json.loads((AUDIO / "transcripts.json").read_text())
-    if (AUDIO / "transcripts.json").exists()
-    else {}
-)
-
-pytestmark = pytest.mark.skipif(not TRANSCRIPTS, reason=f"no shared audio at {AUDIO}")
+# The shared test speech is required: a missing folder fails the suite, it never skips it.
+TRANSCRIPTS: dict[str, Any] = json.loads((AUDIO / "transcripts.json").read_text())
 
 Audio = npt.NDArray[np.float32]
 
