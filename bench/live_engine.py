@@ -540,6 +540,7 @@ async def run_relay(clips: list[Clip], timing: FfmpegTiming) -> EngineRun:
         code = server.stop()
         run.extra["exit_code"] = code
         run.extra["log_tail"] = server.log_tail(3000)
+        server.log_path.unlink(missing_ok=True)
     return run
 
 
