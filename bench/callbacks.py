@@ -547,22 +547,9 @@ class Viewer(asyncio.BufferedProtocol):
 
     def _frames(self, buf: bytes | bytearray, n: int) -> None:
         pos = 0
-        while n - pos >= 2:
-            length = buf[pos + 1] & 0x7F
-            hdr = 2
-            if length == 126:
-                if n - pos < 4:
-                    break
-                length = int.from_bytes(buf[pos + 2 : pos + 4], "big")
-                hdr = 4
-            elif length == 127:
-                if n - pos < 10:
-                    break
-                length = int.from_bytes(buf[pos + 2 : pos + 10], "big")
-                hdr = 10
+        while (header := common.frame_header(buf, pos, n)) is not None:
+            hdr, length = header
             end = pos + hdr + length
-            if end > n:
-                break
             opcode = buf[pos] & 0x0F
             if opcode == 1 and length > 9:
                 kind = _KINDS.get(buf[pos + hdr + 9])

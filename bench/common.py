@@ -571,3 +571,30 @@ class Child:
         await stop_async_process(self.proc, 5)
         with contextlib.suppress(OSError):
             self.log_path.unlink()
+
+
+# --- server frames, parsed by the cheap load clients ------------------------------------
+
+
+def frame_header(buf: bytes | bytearray, pos: int, n: int) -> tuple[int, int] | None:
+    """(header length, payload length) of the unmasked server frame at ``buf[pos:n]``.
+
+    None when the header or payload is not complete yet.
+    """
+    if n - pos < 2:
+        return None
+    length = buf[pos + 1] & 0x7F
+    hdr = 2
+    if length == 126:
+        if n - pos < 4:
+            return None
+        length = int.from_bytes(buf[pos + 2 : pos + 4], "big")
+        hdr = 4
+    elif length == 127:
+        if n - pos < 10:
+            return None
+        length = int.from_bytes(buf[pos + 2 : pos + 10], "big")
+        hdr = 10
+    if pos + hdr + length > n:
+        return None
+    return hdr, length

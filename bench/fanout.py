@@ -217,22 +217,9 @@ class Viewer:
             n = len(data)
         pos = 0
         counted = 0
-        while n - pos >= 2:
-            length = data[pos + 1] & 0x7F
-            hdr = 2
-            if length == 126:
-                if n - pos < 4:
-                    break
-                length = int.from_bytes(data[pos + 2 : pos + 4], "big")
-                hdr = 4
-            elif length == 127:
-                if n - pos < 10:
-                    break
-                length = int.from_bytes(data[pos + 2 : pos + 10], "big")
-                hdr = 10
+        while (header := common.frame_header(data, pos, n)) is not None:
+            hdr, length = header
             end = pos + hdr + length
-            if end > n:
-                break
             opcode = data[pos] & 0x0F
             if opcode == 1:
                 kind = data[pos + hdr + 9] if length > 9 else 0

@@ -266,12 +266,6 @@ class CaptionService:
             await self._ingest(record, callback.event)
         return True
 
-    async def ingest(self, task_id: str, event: RecognizerEvent) -> None:
-        """Merge one event of a task whose engine delivers events in-process."""
-        live = self._live.get(task_id)
-        if live is not None:
-            await self._ingest(live.record, event)
-
     def _sink_for(self, stream_id: str) -> TaskSink:
         # The engine starts delivering before it has returned the task id: route by stream.
         return _Sink(self, stream_id)
