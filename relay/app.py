@@ -22,6 +22,9 @@ from websockets.asyncio.server import Server
 
 from relay import sd_notify
 from relay.config import PublicUrls, Settings
+from relay.engines.aliyun.client import ApiConfig, LiveApi
+from relay.engines.aliyun.engine import AliyunEngine
+from relay.engines.base import Engine
 from relay.engines.local.engine import LocalEngine, LocalEngineConfig
 from relay.engines.local.recognizer import Recognizer
 from relay.engines.local.source import default_ffmpeg
@@ -51,6 +54,25 @@ def build_store(settings: Settings) -> Store:
     return MemoryStore(caption_log_max=settings.caption_log_max)
 
 
+def build_aliyun(settings: Settings) -> AliyunEngine | None:
+    """The Alibaba engine, when credentials are set (attaching needs none)."""
+    secret = settings.aliyun_access_key_secret
+    if not settings.aliyun_access_key_id or secret is None or not secret.get_secret_value():
+        return None
+    api = LiveApi(
+        ApiConfig(
+            access_key_id=settings.aliyun_access_key_id,
+            access_key_secret=secret.get_secret_value(),
+            region=settings.aliyun_region,
+            endpoint=settings.aliyun_endpoint,
+            signature_algorithm="v2" if settings.aliyun_signature == "v2" else "",
+            timeout_s=settings.aliyun_timeout_s,
+            rate_per_s=settings.aliyun_rate_per_s,
+        )
+    )
+    return AliyunEngine(api, stop_grace_s=settings.aliyun_stop_grace_s)
+
+
 def build_web_app(relay: Relay) -> web.Application:
     # client_max_size bounds control bodies; callbacks enforce their own, smaller limit.
     app = web.Application(middlewares=[error_middleware], client_max_size=256 * 1024)
@@ -76,11 +98,12 @@ class Bound:
 
 
 class Relay:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, store: Store | None = None) -> None:
         self.settings = settings
         self.metrics = Metrics()
         self.urls = PublicUrls.from_settings(settings)
-        self.store = build_store(settings)
+        # A store handed in outlives this instance (tests restart relay on one store).
+        self.store = store if store is not None else build_store(settings)
         self.hub = Hub(self.metrics)
         self.recognizer = Recognizer(
             settings.local_model or None, cpu_threads=settings.local_cpu_threads
@@ -95,8 +118,12 @@ class Relay:
             ),
             self.metrics,
         )
+        engines: dict[str, Engine] = {"local": self.local}
+        self.aliyun = build_aliyun(settings)
+        if self.aliyun is not None:
+            engines["aliyun"] = self.aliyun
         self.service = CaptionService(
-            self.store, self.metrics, settings, self.urls, engines={"local": self.local}
+            self.store, self.metrics, settings, self.urls, engines=engines
         )
         self.fanout = FanoutServer(
             self.store,
@@ -114,8 +141,8 @@ class Relay:
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[Bound]:
-        """Start in order; on exit, in reverse: stop accepting HTTP, close viewers (1001),
-        stop the engines' tasks, flush the store."""
+        """Start in order; on exit, in reverse: stop (or keep) the cloud tasks, stop accepting
+        HTTP, close viewers (1001), stop the engines' tasks, flush the store."""
         settings = self.settings
         async with contextlib.AsyncExitStack() as stack:
             await self.store.start()
@@ -136,6 +163,12 @@ class Relay:
             tasks = await stack.enter_async_context(asyncio.TaskGroup())
             ticker = tasks.create_task(self.service.run())
             stack.callback(ticker.cancel)
+            await self.service.resume()
+            # First on the way out, while callbacks still arrive: the cloud's last results
+            # for the tasks being stopped land before the HTTP server closes.
+            stack.push_async_callback(
+                self.service.shutdown, keep_cloud_tasks=settings.aliyun_on_shutdown == "keep"
+            )
 
             bound = Bound(_port(runner), ws.sockets[0].getsockname()[1])
             self.urls.bound(settings, bound.http_port, bound.ws_port)

@@ -37,7 +37,14 @@ class Settings(BaseSettings):
     aliyun_access_key_id: str = ""
     aliyun_access_key_secret: SecretStr | None = None
     aliyun_region: str = "cn-shanghai"
-    aliyun_endpoint: str = ""
+    aliyun_endpoint: str = ""  # "" = the SDK's; "host:port" (HTTPS) or "http://host:port"
+    aliyun_signature: Literal["acs3", "v2"] = "acs3"  # ACS3-HMAC-SHA256 or v2 HMAC-SHA1
+    aliyun_timeout_s: float = Field(default=5, gt=0, le=60)  # per cloud API call
+    aliyun_rate_per_s: float = Field(default=15, gt=0, le=20)  # the API allows 20/s
+    aliyun_stop_grace_s: float = Field(default=5, ge=0, le=60)  # callbacks after a stop
+    # On shutdown: stop the cloud tasks relay created, or keep them running for the next
+    # start to resume from the store (useful with a persistent store).
+    aliyun_on_shutdown: Literal["stop", "keep"] = "stop"
 
     sig_max_skew_s: float = Field(default=300, gt=0)
     callback_max_bytes: int = Field(default=64 * 1024, gt=0)

@@ -10,6 +10,11 @@ does for HTTP). ``TRANSITIONS`` is the only authority on which changes are legal
        |                      |                      ^
        +-------silence--------+-------silence--------+
     any state not ended --completed / stopped--> terminated,  --failed--> failed
+    interrupted --cloud_ended--> terminated   (a cloud engine confirmed the task is gone)
+
+A cloud task is not ended by relay's own timer: relay cannot know whether the cloud still
+runs it. With ``confirm_end`` the timer only says when to ask (:meth:`TaskLife.next_check`);
+the caller asks the cloud and reports the answer with :meth:`TaskLife.checked`.
 
 :class:`TaskLife` drives that table from the timers of one task. It is pure: no clock, no
 I/O. Every call takes the time as ``now`` (seconds, any monotonic origin) and returns the
@@ -49,6 +54,7 @@ class TaskInput(StrEnum):
     COMPLETED = "completed"  # recognizer says transcription completed / end of input
     FAILED = "failed"  # recognizer or engine failed
     STOPPED = "stopped"  # ops stopped it (DELETE) or the stream unpublished
+    CLOUD_ENDED = "cloud_ended"  # asked while interrupted, the cloud says the task is gone
 
 
 _S = TaskState
@@ -73,6 +79,7 @@ TRANSITIONS: Mapping[tuple[TaskState, TaskInput], TaskState] = MappingProxyType(
         (_S.INTERRUPTED, _I.COMPLETED): _S.TERMINATED,
         (_S.INTERRUPTED, _I.STOPPED): _S.TERMINATED,
         (_S.INTERRUPTED, _I.FAILED): _S.FAILED,
+        (_S.INTERRUPTED, _I.CLOUD_ENDED): _S.TERMINATED,
         # terminated and failed are final: no entries.
     }
 )
@@ -84,6 +91,7 @@ END_INPUTS: frozenset[TaskInput] = frozenset({_I.COMPLETED, _I.FAILED, _I.STOPPE
 _REASON_ACTIVITY = "activity"
 _REASON_NO_ACTIVITY = "no_activity"
 _REASON_AUTO_TERMINATE = "auto_terminate"
+_REASON_ENDED_BY_CLOUD = "ended_by_cloud"
 
 
 class InvalidTransition(ValueError):
@@ -141,6 +149,12 @@ class TaskLife:
     * Activity moves a ``starting`` or ``interrupted`` task to ``running``.
     * :meth:`end` moves any task that has not ended to ``terminated`` or ``failed``.
       ``terminated`` and ``failed`` are final: every later call returns ``[]``.
+    * With ``confirm_end`` (cloud tasks) an ``interrupted`` task is never terminated by the
+      timer. Instead :meth:`next_check` gives the time to ask the cloud: ``terminate_after_s``
+      after the interruption with ``auto_terminate``, else ``recheck_s`` after it, and
+      ``recheck_s`` after every answer that the task still runs. :meth:`checked` takes the
+      answer; "gone" terminates the task (reason ``"auto_terminate"`` with auto-terminate,
+      ``"ended_by_cloud"`` without).
 
     Calling contract: every method takes ``now``; each first applies the deadlines that
     passed before ``now`` (as :meth:`tick` would), so results do not depend on whether the
@@ -152,11 +166,14 @@ class TaskLife:
 
     __slots__ = (
         "_auto_terminate",
+        "_check_at",
+        "_confirm_end",
         "_created",
         "_interrupt_after_s",
         "_last_activity",
         "_now",
         "_reason",
+        "_recheck_s",
         "_since",
         "_state",
         "_terminate_after_s",
@@ -169,12 +186,19 @@ class TaskLife:
         interrupt_after_s: float,
         auto_terminate: bool,
         terminate_after_s: float,
+        confirm_end: bool = False,
+        recheck_s: float = 10.0,
     ) -> None:
         self._created = _check_time("now", now)
         self._now = now
         self._interrupt_after_s = _check_delay("interrupt_after_s", interrupt_after_s)
         self._auto_terminate = auto_terminate
         self._terminate_after_s = _check_delay("terminate_after_s", terminate_after_s)
+        self._confirm_end = confirm_end
+        if not (math.isfinite(recheck_s) and recheck_s > 0):
+            raise ValueError(f"recheck_s must be finite and > 0, got {recheck_s!r}")
+        self._recheck_s = recheck_s
+        self._check_at: float | None = None
         self._state = TaskState.STARTING
         self._reason = ""
         self._since = now
@@ -240,6 +264,33 @@ class TaskLife:
             out.append(self._move(inp, reason, now))
         return out
 
+    def next_check(self) -> float | None:
+        """When to ask the cloud whether an interrupted task still runs (``confirm_end``).
+
+        ``None`` unless the task is interrupted and ``confirm_end`` is set. Ask at or after
+        this time, then report the answer with :meth:`checked`.
+        """
+        return self._check_at if self._state is TaskState.INTERRUPTED else None
+
+    def checked(self, running: bool | None, now: float) -> list[Transition]:
+        """The cloud's answer, asked at :meth:`next_check`: does the task still run?
+
+        ``running=False`` terminates an interrupted task; ``True``, or ``None`` (no answer:
+        the call failed), schedules the next check ``recheck_s`` later. Ignored (``[]``)
+        unless the task is interrupted: a result that arrived while the question was out
+        has already resumed it.
+        """
+        now = self._advance(now)
+        out = self._catch_up(now)
+        if self._state is not TaskState.INTERRUPTED or not self._confirm_end:
+            return out
+        if running is None or running:
+            self._check_at = now + self._recheck_s
+            return out
+        reason = _REASON_AUTO_TERMINATE if self._auto_terminate else _REASON_ENDED_BY_CLOUD
+        out.append(self._move(TaskInput.CLOUD_ENDED, reason, now))
+        return out
+
     def next_deadline(self) -> float | None:
         """The earliest time at which :meth:`tick` will change the state.
 
@@ -250,7 +301,7 @@ class TaskLife:
         if self._state in (TaskState.STARTING, TaskState.RUNNING):
             # Interrupted only when the silence is strictly longer than the limit.
             return math.nextafter(self._interrupt_deadline(), math.inf)
-        if self._state is TaskState.INTERRUPTED and self._auto_terminate:
+        if self._state is TaskState.INTERRUPTED and self._timer_terminates:
             return self._terminate_deadline()
         return None
 
@@ -267,6 +318,10 @@ class TaskLife:
         base = self._created if self._last_activity is None else self._last_activity
         return base + self._interrupt_after_s
 
+    @property
+    def _timer_terminates(self) -> bool:
+        return self._auto_terminate and not self._confirm_end
+
     def _terminate_deadline(self) -> float:
         return self._since + self._terminate_after_s
 
@@ -276,7 +331,7 @@ class TaskLife:
             deadline = self._interrupt_deadline()
             if now > deadline:
                 out.append(self._move(TaskInput.SILENCE, _REASON_NO_ACTIVITY, deadline))
-        if self._state is TaskState.INTERRUPTED and self._auto_terminate:
+        if self._state is TaskState.INTERRUPTED and self._timer_terminates:
             deadline = self._terminate_deadline()
             if now >= deadline:
                 out.append(self._move(TaskInput.AUTO_TERMINATE, _REASON_AUTO_TERMINATE, deadline))
@@ -288,4 +343,7 @@ class TaskLife:
         self._state = new
         self._reason = reason
         self._since = at
+        if new is TaskState.INTERRUPTED and self._confirm_end:
+            wait = self._terminate_after_s if self._auto_terminate else self._recheck_s
+            self._check_at = at + wait
         return Transition(old=old, new=new, reason=reason, at=at)

@@ -5,18 +5,21 @@ callbacks (``ingest_callback``) and engines that push events directly (``ingest`
 here; the result goes to the store, whose listeners (the viewer fan-out) deliver it.
 
 Per task it keeps, in this process, a :class:`~relay.core.merger.Merger` and a
-:class:`~relay.core.task_state.TaskLife`; ``run()`` ticks the task timers.
+:class:`~relay.core.task_state.TaskLife`; ``run()`` ticks the task timers, asks cloud
+engines whether quiet tasks still run, and releases the engine's side of ended tasks.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import secrets
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import structlog
 
@@ -35,8 +38,10 @@ from relay.core.merger import Merger
 from relay.core.task_state import TaskInput, TaskLife, Transition
 from relay.engines.base import Engine, TaskSink, TaskSpec
 from relay.errors import (
+    CloudError,
     EngineUnavailable,
     MalformedCallback,
+    RelayError,
     SignatureRejected,
     StreamBusy,
     StreamNotFound,
@@ -50,6 +55,8 @@ log = structlog.get_logger("relay.live")
 
 TICK_S = 0.25
 LATENCY_WINDOW = 500
+RECHECK_S = 10.0  # ask the cloud again this long after it said an interrupted task runs
+RELEASE_TIMEOUT_S = 30.0
 _END_INPUT = {TaskState.TERMINATED: TaskInput.COMPLETED, TaskState.FAILED: TaskInput.FAILED}
 
 
@@ -77,6 +84,8 @@ class _Live:
     merger: Merger
     life: TaskLife
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+    stopping: bool = False  # relay asked the engine to stop: its completion is a stop
 
 
 class _Sink:
@@ -124,6 +133,9 @@ class CaptionService:
         # Recent audio-to-event delays of the stream's latest task, by kind (in-process
         # engines only), kept after the task ends for /v1/streams/{id}.
         self._latencies: dict[str, dict[str, deque[float]]] = {}
+        # Background work (cloud checks, releases) is owned by run()'s task group.
+        self._group: asyncio.TaskGroup | None = None
+        self._checking: set[str] = set()
 
     # --- control -------------------------------------------------------------------
 
@@ -172,14 +184,15 @@ class CaptionService:
             auto_terminate_delay_s=request.auto_terminate_delay_s,
             report_interval_ms=request.report_interval_ms,
             source=dict(request.source),
+            attached=request.task_id is not None,
         )
         try:
             await self._store.register_task(record)
         except BaseException:
             # Lost a race for the stream (or the store failed): release the engine's task.
-            engine = self._engines.get(record.engine)
-            if request.task_id is None and engine is not None:
-                await engine.stop(task_id)
+            engine = self._engine_of(record)
+            if engine is not None:
+                await self._release(engine, record, stop=True)
             raise
         self._latencies.pop(record.stream_id, None)
         self._track(self._new_live(record))
@@ -198,17 +211,32 @@ class CaptionService:
         record = stream.task
         if record.state.ended:
             return record
-        engine = self._engines.get(record.engine)
+        live = self._live.get(record.task_id) or self._track(self._new_live(record))
+        engine = self._engine_of(record)
         if engine is not None:
-            await engine.stop(record.task_id)
-        live = self._live.get(record.task_id) or self._new_live(record)
+            live.stopping = True
+            try:
+                await engine.stop(record.task_id)  # CloudError: answered 502, nothing changed
+            except BaseException:
+                live.stopping = False
+                raise
+            if engine.stop_grace_s > 0:
+                # The cloud still delivers what was said before the stop: wait for its
+                # completion callback (which ends the task as stopped) for a bounded time.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(engine.stop_grace_s):
+                        await live.ended.wait()
         async with live.lock:
             now = self._clock()
             await self._apply(live, live.life.end(TaskInput.STOPPED, "stopped", now), now)
         return live.record
 
+    def _engine_of(self, record: TaskRecord) -> Engine | None:
+        """The engine that owns the record's task; None for attached tasks."""
+        return None if record.attached else self._engines.get(record.engine)
+
     def _new_live(self, record: TaskRecord) -> _Live:
-        engine = self._engines.get(record.engine)
+        engine = self._engine_of(record)
         interrupt_after_s = (engine.interrupt_after_s if engine else None) or (
             self._settings.interrupt_after_s
         )
@@ -217,6 +245,8 @@ class CaptionService:
             interrupt_after_s=interrupt_after_s,
             auto_terminate=record.auto_terminate,
             terminate_after_s=record.auto_terminate_delay_s,
+            confirm_end=engine.confirms_end if engine else False,
+            recheck_s=RECHECK_S,
         )
         return _Live(record, Merger(), life)
 
@@ -303,8 +333,11 @@ class CaptionService:
         partials = finals = 0
         for caption in captions:
             if isinstance(caption, StateChanged):  # the recognizer ended the task
-                inp = _END_INPUT[caption.state]
-                await self._apply(live, live.life.end(inp, caption.reason, now), now)
+                if live.stopping and caption.state is TaskState.TERMINATED:
+                    inp, reason = TaskInput.STOPPED, "stopped"  # the end relay asked for
+                else:
+                    inp, reason = _END_INPUT[caption.state], caption.reason
+                await self._apply(live, live.life.end(inp, reason, now), now)
                 continue
             await self._store.publish(stream_id, caption)
             if isinstance(caption, Partial):
@@ -338,31 +371,125 @@ class CaptionService:
                 new=t.new,
                 reason=t.reason,
             )
-        if live.life.ended:
+        if live.life.ended and not live.ended.is_set():
+            live.ended.set()
             self._live.pop(live.record.task_id, None)
             if self._stream_tasks.get(live.record.stream_id) == live.record.task_id:
                 del self._stream_tasks[live.record.stream_id]
+            engine = self._engine_of(live.record)
+            if engine is not None:
+                # relay ended it (auto-terminate, stop) or the engine did: free the engine's
+                # side too, without holding up whoever ended it.
+                self._spawn(self._release(engine, live.record, stop=not live.stopping))
 
     # --- timers ---------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Tick every task's timers until cancelled."""
-        while True:
-            await asyncio.sleep(TICK_S)
-            await self.tick()
+        """Tick every task's timers until cancelled; own the background work."""
+        async with asyncio.TaskGroup() as group:
+            self._group = group
+            try:
+                while True:
+                    await asyncio.sleep(TICK_S)
+                    await self.tick()
+            finally:
+                self._group = None
 
     async def tick(self) -> None:
         now = self._clock()
         for live in list(self._live.values()):
+            check = live.life.next_check()
+            if check is not None and check <= now and live.record.task_id not in self._checking:
+                self._checking.add(live.record.task_id)
+                self._spawn(self._confirm(live))
             deadline = live.life.next_deadline()
             if deadline is None or deadline > now:
                 continue
             async with live.lock:
                 await self._apply(live, live.life.tick(now), now)
-            engine = self._engines.get(live.record.engine)
-            if live.life.ended and engine is not None:
-                # relay ended it (auto-terminate): release the engine's task too.
-                await engine.stop(live.record.task_id)
+
+    async def _confirm(self, live: _Live) -> None:
+        """Ask the cloud whether a quiet task still runs; an ended one is terminated."""
+        record = live.record
+        engine = self._engine_of(record)
+        assert engine is not None  # only cloud engines' tasks have checks
+        try:
+            try:
+                running: bool | None = await engine.is_running(record.task_id)
+            except CloudError as exc:
+                log.warning(
+                    "task.check_failed",
+                    stream_id=record.stream_id,
+                    task_id=record.task_id,
+                    code=exc.code,
+                )
+                running = None
+            log.info(
+                "task.checked", stream_id=record.stream_id, task_id=record.task_id, running=running
+            )
+            async with live.lock:
+                now = self._clock()
+                await self._apply(live, live.life.checked(running, now), now)
+        finally:
+            self._checking.discard(record.task_id)
+
+    async def _release(self, engine: Engine, record: TaskRecord, *, stop: bool) -> None:
+        """Stop (unless already asked) and release the engine's task; log what fails."""
+        try:
+            async with asyncio.timeout(RELEASE_TIMEOUT_S):
+                if stop:
+                    await engine.stop(record.task_id)
+                await engine.release(record.task_id)
+        except (CloudError, TimeoutError) as exc:
+            # The task has ended for viewers either way; ops see what is left on the cloud.
+            log.warning(
+                "task.release_failed",
+                stream_id=record.stream_id,
+                task_id=record.task_id,
+                error=getattr(exc, "code", "timeout"),
+            )
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        if self._group is None:  # not running (shutting down): nobody would await it
+            work.close()
+            return
+        self._group.create_task(work)
+
+    # --- start-up and shutdown ----------------------------------------------------
+
+    async def resume(self) -> int:
+        """Take over the live tasks the store holds (left by a stop with ``keep``)."""
+        resumed = 0
+        for stream in await self._store.list_streams():
+            record = stream.task
+            if record is None or record.state.ended or record.task_id in self._live:
+                continue
+            self._track(self._new_live(record))
+            resumed += 1
+            log.info("task.resumed", stream_id=record.stream_id, task_id=record.task_id)
+        return resumed
+
+    async def shutdown(self, *, keep_cloud_tasks: bool) -> None:
+        """Before relay exits: stop every task relay runs on a cloud, or leave them running
+        (``keep_cloud_tasks``) for the next start to resume from the store."""
+        stopping = []
+        for live in list(self._live.values()):
+            engine = self._engine_of(live.record)
+            if engine is None or not engine.confirms_end:
+                continue  # in-process engines end with the process
+            if keep_cloud_tasks:
+                log.info("task.kept", stream_id=live.record.stream_id, task_id=live.record.task_id)
+            else:
+                stopping.append(live.record.stream_id)
+        async with asyncio.TaskGroup() as group:
+            for stream_id in stopping:
+                group.create_task(self._stop_quietly(stream_id))
+
+    async def _stop_quietly(self, stream_id: str) -> None:
+        try:
+            await self.stop_stream(stream_id)
+        except RelayError as exc:
+            log.warning("task.stop_failed", stream_id=stream_id, code=exc.code)
 
     def latency(self, stream_id: str) -> dict[str, dict[str, float]] | None:
         """p50/p95 audio-to-event delay (ms) of the stream's latest task, by event kind."""

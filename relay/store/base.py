@@ -35,6 +35,7 @@ class TaskRecord:
     auto_terminate_delay_s: float = 5.0
     report_interval_ms: int = 0
     source: Mapping[str, Any] | None = None
+    attached: bool = False  # created elsewhere: relay never stops or queries it
     last_result_at: float | None = None
     ended_at: float | None = None
 

@@ -42,7 +42,7 @@ def expected_next(state: TaskState, inp: TaskInput) -> TaskState | None:
         return S.RUNNING
     if inp is I.SILENCE:
         return S.INTERRUPTED if state in (S.STARTING, S.RUNNING) else None
-    assert inp is I.AUTO_TERMINATE
+    assert inp in (I.AUTO_TERMINATE, I.CLOUD_ENDED)
     return S.TERMINATED if state is S.INTERRUPTED else None
 
 
@@ -282,12 +282,19 @@ def test_non_finite_time_is_rejected(bad: float) -> None:
     assert life.state is S.STARTING
 
 
-@pytest.mark.parametrize("field", ["interrupt_after_s", "terminate_after_s"])
+@pytest.mark.parametrize("field", ["interrupt_after_s", "terminate_after_s", "recheck_s"])
 @pytest.mark.parametrize("bad", [-1.0, math.nan, math.inf])
 def test_bad_delays_are_rejected(field: str, bad: float) -> None:
-    delays = {"interrupt_after_s": 10.0, "terminate_after_s": 30.0, field: bad}
+    delays = {"interrupt_after_s": 10.0, "terminate_after_s": 30.0, "recheck_s": 5.0}
+    delays[field] = bad
     with pytest.raises(ValueError, match=field):
-        TaskLife(now=0.0, auto_terminate=True, **delays)
+        TaskLife(
+            now=0.0,
+            auto_terminate=True,
+            interrupt_after_s=delays["interrupt_after_s"],
+            terminate_after_s=delays["terminate_after_s"],
+            recheck_s=delays["recheck_s"],
+        )
 
 
 # --- properties ----------------------------------------------------------------------
@@ -307,16 +314,32 @@ class TaskLifeMachine(RuleBasedStateMachine):
     clock: float  # the latest time fed in
     last_at: float  # the `at` of the latest transition
 
-    @initialize(now=times, interrupt_after_s=delays, auto_terminate=st.booleans(), terminate=delays)
+    @initialize(
+        now=times,
+        interrupt_after_s=delays,
+        auto_terminate=st.booleans(),
+        terminate=delays,
+        confirm_end=st.booleans(),
+        recheck=st.floats(min_value=0.5, max_value=30.0),
+    )
     def create(
-        self, now: float, interrupt_after_s: float, auto_terminate: bool, terminate: float
+        self,
+        now: float,
+        interrupt_after_s: float,
+        auto_terminate: bool,
+        terminate: float,
+        confirm_end: bool,
+        recheck: float,
     ) -> None:
         self.life = TaskLife(
             now=now,
             interrupt_after_s=interrupt_after_s,
             auto_terminate=auto_terminate,
             terminate_after_s=terminate,
+            confirm_end=confirm_end,
+            recheck_s=recheck,
         )
+        self.confirm_end = confirm_end
         self.clock = now
         self.last_at = now
 
@@ -386,6 +409,34 @@ class TaskLifeMachine(RuleBasedStateMachine):
         if not before.ended and out and out[-1].reason != "auto_terminate":
             assert out[-1] == Transition(out[-1].old, next_state(out[-1].old, inp), reason, now)
 
+    @rule(running=st.sampled_from([True, False, None]), dt=steps)
+    def cloud_answers(self, running: bool | None, dt: float) -> None:
+        before = self.life.state
+        asked = self.life.next_check()
+        raw = self.clock + dt
+        now = self.feed(raw)
+        out = self.life.checked(running, raw)
+        self.check(before, out, now)
+        if not self.confirm_end or before.ended:
+            # Only the deadlines that passed by `now` can act: the answer is ignored.
+            assert all(t.reason in ("no_activity", "auto_terminate") for t in out)
+        if asked is not None and running is False:
+            assert self.life.state is S.TERMINATED
+        if running is not False and self.confirm_end and self.life.state is S.INTERRUPTED:
+            check = self.life.next_check()
+            assert check is not None and check > now
+
+    @invariant()
+    def timers_match_the_mode(self) -> None:
+        life = self.life
+        if not self.confirm_end:
+            assert life.next_check() is None
+        elif life.state is S.INTERRUPTED:
+            assert life.next_check() is not None
+            assert life.next_deadline() is None  # never ended by relay's own timer
+        else:
+            assert life.next_check() is None
+
     @invariant()
     def consistent(self) -> None:
         life = self.life
@@ -440,3 +491,75 @@ def test_one_late_tick_equals_many_small_ones(
         return out
 
     assert run(tick_between=False) == run(tick_between=True)
+
+
+# --- cloud tasks: relay asks the cloud instead of ending them itself -------------------
+
+
+def cloud_life(*, auto_terminate: bool = True) -> TaskLife:
+    return TaskLife(
+        now=0.0,
+        interrupt_after_s=10.0,
+        auto_terminate=auto_terminate,
+        terminate_after_s=5.0,
+        confirm_end=True,
+        recheck_s=20.0,
+    )
+
+
+def test_a_cloud_task_is_not_terminated_by_the_timer() -> None:
+    life = cloud_life()
+    assert life.next_check() is None
+    [t] = life.tick(11.0)
+    assert t.new is S.INTERRUPTED and t.at == 10.0
+    assert life.next_deadline() is None
+    assert life.next_check() == 15.0  # interrupted at 10, auto-terminate delay 5
+    assert life.tick(1000.0) == []
+    assert life.state is S.INTERRUPTED
+
+
+def test_the_cloud_confirms_the_end() -> None:
+    life = cloud_life()
+    life.tick(11.0)
+    [t] = life.checked(False, 15.0)
+    assert (t.old, t.new, t.reason, t.at) == (S.INTERRUPTED, S.TERMINATED, "auto_terminate", 15.0)
+    assert life.ended and life.next_check() is None
+
+
+def test_a_task_the_cloud_still_runs_is_asked_again_later() -> None:
+    life = cloud_life()
+    life.tick(11.0)
+    assert life.checked(True, 15.5) == []
+    assert life.next_check() == 35.5
+    assert life.activity(20.0)[0].new is S.RUNNING
+    assert life.next_check() is None
+
+
+def test_no_answer_is_asked_again_later() -> None:
+    life = cloud_life()
+    life.tick(11.0)
+    assert life.checked(None, 15.0) == []
+    assert life.state is S.INTERRUPTED and life.next_check() == 35.0
+
+
+def test_without_auto_terminate_the_cloud_is_asked_at_the_recheck_interval() -> None:
+    life = cloud_life(auto_terminate=False)
+    life.tick(11.0)
+    assert life.next_check() == 30.0
+    [t] = life.checked(False, 30.0)
+    assert t.reason == "ended_by_cloud" and t.new is S.TERMINATED
+
+
+def test_an_answer_for_a_task_that_resumed_is_ignored() -> None:
+    life = cloud_life()
+    life.tick(11.0)
+    life.activity(12.0)
+    assert life.checked(False, 15.0) == []
+    assert life.state is S.RUNNING
+
+
+def test_recheck_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="recheck_s"):
+        TaskLife(
+            now=0, interrupt_after_s=1, auto_terminate=True, terminate_after_s=1, recheck_s=0
+        )

@@ -101,6 +101,8 @@ class _Window:
 class LocalEngine:
     name = "local"
     interrupt_after_s: float | None = 3.0  # audio flows continuously; a 3 s gap is an outage
+    confirms_end = False  # relay sees every end: it owns the task
+    stop_grace_s = 0.0  # stop() itself waits until what was said is final
 
     def __init__(
         self,
@@ -177,6 +179,12 @@ class LocalEngine:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+    async def release(self, task_id: str) -> None:
+        await self.stop(task_id)  # a task relay ended by its timer still reads its source
+
+    async def is_running(self, task_id: str) -> bool:
+        return task_id in self._tasks
 
 
 class _StreamRun:

@@ -1,0 +1,1 @@
+"""Alibaba Cloud Live real-time ASR tasks (CreateRtcAsrTask) through the official SDK."""
