@@ -20,6 +20,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from relay import config
 from relay.app import Relay
 from relay.core import signature
+from relay.store.base import Store
 
 
 @dataclass
@@ -54,10 +55,11 @@ _ids = itertools.count(1)
 
 
 @contextlib.asynccontextmanager
-async def running_relay(**overrides: Any) -> AsyncIterator[Harness]:
+async def running_relay(store: Store | None = None, **overrides: Any) -> AsyncIterator[Harness]:
+    """A relay on free ports; ``store`` outlives it when given (a restart on one store)."""
     # Most tests never touch the model: load it on first use rather than at every start.
     settings = config.load(**{"http_port": 0, "ws_port": 0, "local_preload": False, **overrides})
-    relay = Relay(settings)
+    relay = Relay(settings, store=store)
     async with relay.running() as bound, aiohttp.ClientSession() as session:
         yield Harness(
             relay,

@@ -136,6 +136,7 @@ class CaptionService:
         # Background work (cloud checks, releases) is owned by run()'s task group.
         self._group: asyncio.TaskGroup | None = None
         self._checking: set[str] = set()
+        self._releasing: set[asyncio.Task[None]] = set()
 
     # --- control -------------------------------------------------------------------
 
@@ -380,7 +381,10 @@ class CaptionService:
             if engine is not None:
                 # relay ended it (auto-terminate, stop) or the engine did: free the engine's
                 # side too, without holding up whoever ended it.
-                self._spawn(self._release(engine, live.record, stop=not live.stopping))
+                task = self._spawn(self._release(engine, live.record, stop=not live.stopping))
+                if task is not None:
+                    self._releasing.add(task)
+                    task.add_done_callback(self._releasing.discard)
 
     # --- timers ---------------------------------------------------------------------
 
@@ -449,11 +453,11 @@ class CaptionService:
                 error=getattr(exc, "code", "timeout"),
             )
 
-    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None] | None:
         if self._group is None:  # not running (shutting down): nobody would await it
             work.close()
-            return
-        self._group.create_task(work)
+            return None
+        return self._group.create_task(work)
 
     # --- start-up and shutdown ----------------------------------------------------
 
@@ -484,6 +488,8 @@ class CaptionService:
         async with asyncio.TaskGroup() as group:
             for stream_id in stopping:
                 group.create_task(self._stop_quietly(stream_id))
+        if self._releasing:  # the cloud-side deletes those stops started
+            await asyncio.wait(self._releasing, timeout=RELEASE_TIMEOUT_S)
 
     async def _stop_quietly(self, stream_id: str) -> None:
         try:

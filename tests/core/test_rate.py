@@ -1,0 +1,70 @@
+"""Tests for relay.core.rate: the client-side limit on cloud API calls."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from relay.core.rate import RateLimiter
+
+
+def test_a_burst_goes_at_once_then_calls_are_spaced() -> None:
+    limiter = RateLimiter(10, burst=3)
+    waits = [limiter.reserve(0.0) for _ in range(6)]
+    assert waits == pytest.approx([0, 0, 0, 0.1, 0.2, 0.3])
+
+
+def test_an_idle_limiter_refills() -> None:
+    limiter = RateLimiter(10, burst=2)
+    for _ in range(5):
+        limiter.reserve(0.0)
+    assert limiter.reserve(10.0) == 0
+    assert limiter.reserve(10.0) == 0
+    assert limiter.reserve(10.0) == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("rate", [0, -1, math.inf, math.nan])
+def test_bad_rates_are_rejected(rate: float) -> None:
+    with pytest.raises(ValueError, match="rate_per_s"):
+        RateLimiter(rate)
+
+
+def test_bad_burst_and_time_are_rejected() -> None:
+    with pytest.raises(ValueError, match="burst"):
+        RateLimiter(1, burst=0)
+    with pytest.raises(ValueError, match="now"):
+        RateLimiter(1).reserve(math.nan)
+
+
+@given(
+    rate=st.floats(min_value=0.5, max_value=50),
+    burst=st.integers(min_value=1, max_value=10),
+    gaps=st.lists(st.floats(min_value=0, max_value=2), min_size=1, max_size=80),
+)
+def test_no_window_holds_more_calls_than_the_limit(
+    rate: float, burst: int, gaps: list[float]
+) -> None:
+    limiter = RateLimiter(rate, burst=burst)
+    now, starts = 0.0, []
+    for gap in gaps:
+        now += gap
+        wait = limiter.reserve(now)
+        assert wait >= 0
+        starts.append(now + wait)
+    assert starts == sorted(starts)  # callers go in the order they asked
+    # Any window of length w holds at most burst + w * rate call starts.
+    eps = 1e-9
+    for i, first in enumerate(starts):
+        for j in range(i, len(starts)):
+            span = starts[j] - first
+            assert j - i + 1 <= burst + span * rate + eps
+
+
+@given(rate=st.floats(min_value=0.5, max_value=50), burst=st.integers(min_value=1, max_value=10))
+def test_calls_slower_than_the_rate_never_wait(rate: float, burst: int) -> None:
+    limiter = RateLimiter(rate, burst=burst)
+    for k in range(50):
+        assert limiter.reserve(k / rate * 1.0001) == 0
