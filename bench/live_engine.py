@@ -469,20 +469,35 @@ async def watch_relay(ws: aiohttp.ClientWebSocketResponse, record: StreamRecord)
 
 
 async def find_ffmpeg(pid: int, path: Path, timeout: float = 10.0) -> int:
-    """The pid of relay's ffmpeg child reading ``path``."""
+    """The pid of the ffmpeg child of ``pid`` (relay, or the emulator) reading ``path``."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for child, cmdline in children_of(pid):
             if str(path) in cmdline:
                 return child
         await asyncio.sleep(0.01)
-    raise TimeoutError(f"no ffmpeg child of relay reads {path}")
+    raise TimeoutError(f"no ffmpeg child of {pid} reads {path}")
 
 
-async def run_relay(clips: list[Clip], timing: FfmpegTiming) -> EngineRun:
+@dataclass(frozen=True)
+class RelayEngine:
+    """Which engine relay captions with, and who runs the ffmpeg that reads the audio."""
+
+    label: str = "relay"
+    engine: str = "local"
+    env: dict[str, str] = field(default_factory=dict)  # RELAY_* for the relay process
+    source: dict[str, Any] = field(default_factory=lambda: {"realtime": True})
+    extra: dict[str, Any] = field(default_factory=dict)  # more of the POST /v1/streams body
+    ffmpeg_parent: int | None = None  # None: relay's own child (the local engine)
+
+
+async def run_relay(
+    clips: list[Clip], timing: FfmpegTiming, how: RelayEngine | None = None
+) -> EngineRun:
+    how = how or RelayEngine()
     records = [StreamRecord(f"bench-{k + 1}", clip) for k, clip in enumerate(clips)]
-    run = EngineRun("relay", records)
-    server = common.start_relay(cpu=None, log_level="warning")
+    run = EngineRun(how.label, records)
+    server = common.start_relay(cpu=None, log_level="warning", env=how.env)
     try:
         async with aiohttp.ClientSession() as session:
             await wait_ready(session, server)
@@ -502,14 +517,16 @@ async def run_relay(clips: list[Clip], timing: FfmpegTiming) -> EngineRun:
                 async def start(record: StreamRecord) -> None:
                     body = {
                         "stream_id": record.name,
-                        "engine": "local",
-                        "source": {"url": record.clip.path.as_uri(), "realtime": True},
+                        "engine": how.engine,
+                        "source": {"url": record.clip.path.as_uri(), **how.source},
+                        **how.extra,
                     }
                     async with session.post(f"{server.http_base}/v1/streams", json=body) as resp:
                         created = await resp.json(content_type=None)
                         if resp.status != 201:
                             raise RuntimeError(f"POST /v1/streams: {resp.status} {created}")
-                    ffmpeg = await find_ffmpeg(server.pid, record.clip.path)
+                    parent = how.ffmpeg_parent or server.pid
+                    ffmpeg = await find_ffmpeg(parent, record.clip.path)
                     spawned = spawn_wall_time(ffmpeg)
                     record.t0 = spawned + timing.first_output_s - timing.lead_s
 

@@ -43,6 +43,7 @@ from relay.errors import (
     MalformedCallback,
     RelayError,
     SignatureRejected,
+    StoreUnavailable,
     StreamBusy,
     StreamNotFound,
     TaskEnded,
@@ -126,7 +127,7 @@ class CaptionService:
         self._metrics = metrics
         self._settings = settings
         self._urls = urls
-        self._engines = dict(engines or {})
+        self.engines = dict(engines or {})
         self._clock = clock
         self._live: dict[str, _Live] = {}  # by task_id
         self._stream_tasks: dict[str, str] = {}  # stream_id -> task_id of its live task
@@ -137,6 +138,7 @@ class CaptionService:
         self._group: asyncio.TaskGroup | None = None
         self._checking: set[str] = set()
         self._releasing: set[asyncio.Task[None]] = set()
+        self._pending_tokens: set[str] = set()  # callback tokens of tasks being created
 
     # --- control -------------------------------------------------------------------
 
@@ -150,7 +152,7 @@ class CaptionService:
                 raise EngineUnavailable("attach needs auth_key (or RELAY_ALIYUN_AUTH_KEY)")
             task_id, auth_key = request.task_id, request.auth_key
         else:
-            engine = self._engines.get(request.engine)
+            engine = self.engines.get(request.engine)
             if engine is None:
                 raise EngineUnavailable(f"engine {request.engine!r} is not available")
             # Refuse a busy stream before the engine spends anything on it.
@@ -169,7 +171,14 @@ class CaptionService:
                 auto_terminate_delay_s=request.auto_terminate_delay_s,
                 report_interval_ms=request.report_interval_ms,
             )
-            task_id = await engine.start(spec, self._sink_for(request.stream_id))
+            # A cloud may call back before create has returned: until the task is registered,
+            # its callbacks get 503 (the sender retries) rather than 404 (lost).
+            self._pending_tokens.add(token)
+            try:
+                task_id = await engine.start(spec, self._sink_for(request.stream_id))
+            except BaseException:
+                self._pending_tokens.discard(token)
+                raise
         record = TaskRecord(
             task_id=task_id,
             stream_id=request.stream_id,
@@ -190,11 +199,13 @@ class CaptionService:
         try:
             await self._store.register_task(record)
         except BaseException:
+            self._pending_tokens.discard(token)
             # Lost a race for the stream (or the store failed): release the engine's task.
             engine = self._engine_of(record)
             if engine is not None:
                 await self._release(engine, record, stop=True)
             raise
+        self._pending_tokens.discard(token)
         self._latencies.pop(record.stream_id, None)
         self._track(self._new_live(record))
         log.info(
@@ -234,7 +245,7 @@ class CaptionService:
 
     def _engine_of(self, record: TaskRecord) -> Engine | None:
         """The engine that owns the record's task; None for attached tasks."""
-        return None if record.attached else self._engines.get(record.engine)
+        return None if record.attached else self.engines.get(record.engine)
 
     def _new_live(self, record: TaskRecord) -> _Live:
         engine = self._engine_of(record)
@@ -264,6 +275,8 @@ class CaptionService:
         """
         record = await self._store.task_by_token(token)
         if record is None:
+            if token in self._pending_tokens:
+                raise StoreUnavailable("the task of this callback URL is being registered; retry")
             raise UnknownCallback("no task has this callback URL")
         verdict = signature.verify(
             sig_time,
@@ -403,9 +416,15 @@ class CaptionService:
         now = self._clock()
         for live in list(self._live.values()):
             check = live.life.next_check()
-            if check is not None and check <= now and live.record.task_id not in self._checking:
+            # One question at a time per task; the answer may take a while.
+            asking = live.record.task_id in self._checking
+            if (
+                check is not None
+                and check <= now
+                and not asking
+                and self._spawn(self._confirm(live))
+            ):
                 self._checking.add(live.record.task_id)
-                self._spawn(self._confirm(live))
             deadline = live.life.next_deadline()
             if deadline is None or deadline > now:
                 continue

@@ -560,6 +560,4 @@ def test_an_answer_for_a_task_that_resumed_is_ignored() -> None:
 
 def test_recheck_must_be_positive() -> None:
     with pytest.raises(ValueError, match="recheck_s"):
-        TaskLife(
-            now=0, interrupt_after_s=1, auto_terminate=True, terminate_after_s=1, recheck_s=0
-        )
+        TaskLife(now=0, interrupt_after_s=1, auto_terminate=True, terminate_after_s=1, recheck_s=0)

@@ -33,12 +33,12 @@ class AliyunEngine:
     confirms_end = True
 
     def __init__(self, api: LiveApi, *, stop_grace_s: float = 5.0) -> None:
-        self._api = api
+        self.api = api
         self.stop_grace_s = stop_grace_s
 
     async def start(self, spec: TaskSpec, sink: TaskSink) -> str:
         task = create_task_params(spec)
-        task_id = await self._api.create(task)
+        task_id = await self.api.create(task)
         log.info(
             "aliyun.task_created",
             stream_id=spec.stream_id,
@@ -49,13 +49,13 @@ class AliyunEngine:
         return task_id
 
     async def stop(self, task_id: str) -> None:
-        await self._api.stop(task_id)
+        await self.api.stop(task_id)
 
     async def release(self, task_id: str) -> None:
-        await self._api.delete(task_id)
+        await self.api.delete(task_id)
 
     async def is_running(self, task_id: str) -> bool:
-        return await self._api.is_running(task_id)
+        return await self.api.is_running(task_id)
 
 
 def create_task_params(spec: TaskSpec) -> CreateTask:
