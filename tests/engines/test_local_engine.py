@@ -14,7 +14,7 @@ import pytest
 
 from relay.engines.local.source import default_ffmpeg
 from tests.audio import reference, wav
-from tests.support import Harness, recv_json, running_relay
+from tests.support import Harness, running_relay, watch_until_ended
 from tests.wer import wer
 
 
@@ -30,17 +30,6 @@ async def start_local(h: Harness, stream_id: str, path: Path, **extra: Any) -> d
         assert resp.status == 201, created
         assert isinstance(created, dict)
         return created
-
-
-async def watch_until_ended(h: Harness, stream_id: str, timeout: float) -> list[dict[str, Any]]:
-    seen: list[dict[str, Any]] = []
-    async with h.viewer(stream_id) as ws:
-        async with asyncio.timeout(timeout):
-            while True:
-                message = await recv_json(ws, timeout=timeout)
-                seen.append(message)
-                if message["type"] == "state" and message["state"] in ("terminated", "failed"):
-                    return seen
 
 
 @pytest.mark.parametrize("name", ["welcome_en_us", "numbers_en_gb"])
