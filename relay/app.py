@@ -167,7 +167,9 @@ class Relay:
             # First on the way out, while callbacks still arrive: the cloud's last results
             # for the tasks being stopped land before the HTTP server closes.
             stack.push_async_callback(
-                self.service.shutdown, keep_cloud_tasks=settings.aliyun_on_shutdown == "keep"
+                self.service.shutdown,
+                keep_cloud_tasks=settings.aliyun_on_shutdown == "keep",
+                timeout_s=settings.shutdown_timeout_s,
             )
 
             bound = Bound(_port(runner), ws.sockets[0].getsockname()[1])

@@ -492,9 +492,20 @@ class CaptionService:
             log.info("task.resumed", stream_id=record.stream_id, task_id=record.task_id)
         return resumed
 
-    async def shutdown(self, *, keep_cloud_tasks: bool) -> None:
+    async def shutdown(self, *, keep_cloud_tasks: bool, timeout_s: float) -> None:
         """Before relay exits: stop every task relay runs on a cloud, or leave them running
-        (``keep_cloud_tasks``) for the next start to resume from the store."""
+        (``keep_cloud_tasks``) for the next start to resume from the store.
+
+        Bounded by ``timeout_s``: what has not stopped by then is logged and left running.
+        """
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._shutdown(keep_cloud_tasks)
+        except TimeoutError:
+            left = [live.record.task_id for live in self._live.values()]
+            log.warning("relay.shutdown_timeout", phase="cloud tasks", tasks_left=left)
+
+    async def _shutdown(self, keep_cloud_tasks: bool) -> None:
         stopping = []
         for live in list(self._live.values()):
             engine = self._engine_of(live.record)
@@ -508,7 +519,7 @@ class CaptionService:
             for stream_id in stopping:
                 group.create_task(self._stop_quietly(stream_id))
         if self._releasing:  # the cloud-side deletes those stops started
-            await asyncio.wait(self._releasing, timeout=RELEASE_TIMEOUT_S)
+            await asyncio.wait(self._releasing)
 
     async def _stop_quietly(self, stream_id: str) -> None:
         try:

@@ -17,6 +17,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from structlog.testing import capture_logs
 
 from relay.core import signature
 from relay.core.events import ResultChanged, SentenceEnd
@@ -298,6 +299,19 @@ async def test_shutdown_stops_cloud_tasks_by_default() -> None:
             status, created = await create(h, "s1", RTC)
             assert status == 201, created
         await eventually_gone(emulator, created["task_id"])
+
+
+async def test_a_refused_stop_on_shutdown_is_logged_and_relay_still_exits() -> None:
+    async with cloud(speech=False) as (emulator, port):
+        with capture_logs() as logs:
+            async with running_relay(**relay_settings(port)) as h:
+                status, created = await create(h, "s1", RTC)
+                assert status == 201, created
+                emulator.refuse("StopRtcAsrTask", Refusal(code="InternalError", status=500))
+        task_id = created["task_id"]
+        assert emulator.query(task_id)[task_id]["status"] == 1  # left running, and said so
+    failed = [e for e in logs if e["event"] == "task.stop_failed"]
+    assert failed and failed[0]["code"] == "InternalError" and failed[0]["stream_id"] == "s1"
 
 
 async def test_shutdown_can_keep_cloud_tasks_for_the_next_start() -> None:
