@@ -261,6 +261,34 @@ async def test_without_credentials_the_engine_is_unavailable() -> None:
         assert (status, body["error"]["code"]) == (400, "engine_unavailable")
 
 
+async def test_the_client_side_rate_limit_keeps_a_burst_under_the_cloud_limit() -> None:
+    # 40 streams at once: the cloud allows 20 calls/s; relay spaces its calls at 15/s.
+    async with (
+        cloud(speech=False) as (_, port),
+        running_relay(**relay_settings(port)) as h,
+    ):
+        results = await asyncio.gather(*(create(h, f"s{k}", RTC) for k in range(40)))
+    assert [status for status, _ in results] == [201] * 40, [b for _, b in results]
+
+
+async def test_no_secret_reaches_the_logs() -> None:
+    async with cloud(speech=False) as (emulator, port):
+        with capture_logs() as logs:
+            async with running_relay(**relay_settings(port)) as h:
+                status, created = await create(h, "s1", RTC)
+                assert status == 201, created
+                stream = await h.relay.store.get_stream("s1")
+                assert stream is not None and stream.task is not None
+                auth_key = stream.task.auth_key
+                emulator.inject(created["task_id"], [ResultChanged(1, 100, "hi")])
+                async with h.session.delete(f"{h.http}/v1/streams/s1") as resp:
+                    assert resp.status == 200
+    text = repr(logs)
+    assert "aliyun.call" in text and "task.state" in text  # the logs were captured
+    for secret in (DEV_ACCESS_KEY_SECRET, auth_key):
+        assert secret not in text
+
+
 @pytest.mark.parametrize("signature", ["acs3", "v2"])
 async def test_both_request_signatures(signature: str) -> None:
     async with (
