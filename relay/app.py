@@ -54,7 +54,7 @@ def build_store(settings: Settings) -> Store:
     return MemoryStore(caption_log_max=settings.caption_log_max)
 
 
-def build_aliyun(settings: Settings) -> AliyunEngine | None:
+def build_aliyun(settings: Settings, metrics: Metrics) -> AliyunEngine | None:
     """The Alibaba engine, when credentials are set (attaching needs none)."""
     secret = settings.aliyun_access_key_secret
     if not settings.aliyun_access_key_id or secret is None or not secret.get_secret_value():
@@ -68,7 +68,8 @@ def build_aliyun(settings: Settings) -> AliyunEngine | None:
             signature_algorithm="v2" if settings.aliyun_signature == "v2" else "",
             timeout_s=settings.aliyun_timeout_s,
             rate_per_s=settings.aliyun_rate_per_s,
-        )
+        ),
+        metrics,
     )
     return AliyunEngine(api, stop_grace_s=settings.aliyun_stop_grace_s)
 
@@ -119,7 +120,7 @@ class Relay:
             self.metrics,
         )
         engines: dict[str, Engine] = {"local": self.local}
-        self.aliyun = build_aliyun(settings)
+        self.aliyun = build_aliyun(settings, self.metrics)
         if self.aliyun is not None:
             engines["aliyun"] = self.aliyun
         self.service = CaptionService(

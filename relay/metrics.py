@@ -60,3 +60,16 @@ class Metrics:
             "Local engine steps that skipped transcription (no speech in the new audio).",
             registry=r,
         )
+        self.cloud_calls = Counter(
+            "relay_cloud_calls",
+            "Cloud API calls, by action and result (ok, or the cloud's error code).",
+            ["action", "result"],
+            registry=r,
+        )
+        self.cloud_call_seconds = Histogram(
+            "relay_cloud_call_seconds",
+            "Cloud API call time, rate-limit wait excluded.",
+            ["action"],
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+            registry=r,
+        )

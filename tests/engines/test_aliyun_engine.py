@@ -247,6 +247,11 @@ async def test_cloud_refusals_and_outages_are_502() -> None:
         status, body = await create(h, "s2", {"mode": "rtc", "sdk_app_id": "a"})
         assert (status, body["error"]["code"]) == (400, "invalid_request")
         assert "source.channel_id" in body["error"]["message"]
+        async with h.session.get(f"{h.http}/metrics") as resp:
+            metrics = await resp.text()
+        create_calls = 'relay_cloud_calls_total{action="CreateRtcAsrTask",result='
+        assert create_calls + '"Throttling.User"} 1.0' in metrics
+        assert create_calls + '"ok"} 1.0' in metrics  # the invalid one never left relay
     with socket.socket() as sock:  # a port nobody listens on
         sock.bind(("127.0.0.1", 0))
         dead = sock.getsockname()[1]

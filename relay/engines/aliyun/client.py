@@ -26,6 +26,7 @@ from Tea.exceptions import TeaException
 
 from relay.core.rate import RateLimiter
 from relay.errors import CloudError
+from relay.metrics import Metrics
 
 log = structlog.get_logger("relay.engines.aliyun")
 
@@ -67,8 +68,15 @@ class CreateTask:
 class LiveApi:
     """Create, query, stop and delete real-time ASR tasks."""
 
-    def __init__(self, config: ApiConfig, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        config: ApiConfig,
+        metrics: Metrics,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._config = config
+        self._metrics = metrics
         self._clock = clock
         self._limiter = RateLimiter(config.rate_per_s, burst=max(1, int(config.rate_per_s // 2)))
         self._client = Client(_sdk_config(config))
@@ -151,6 +159,24 @@ class LiveApi:
             await asyncio.sleep(wait)
         started = self._clock()
         try:
+            body = await self._answer(action, call)
+        except CloudError as exc:
+            self._metrics.cloud_calls.labels(action=action, result=exc.code).inc()
+            raise
+        finally:
+            self._metrics.cloud_call_seconds.labels(action=action).observe(self._clock() - started)
+        self._metrics.cloud_calls.labels(action=action, result="ok").inc()
+        log.info(
+            "aliyun.call",
+            action=action,
+            request_id=getattr(body, "request_id", None),
+            seconds=round(self._clock() - started, 3),
+        )
+        return body
+
+    async def _answer(self, action: str, call: Callable[[], Awaitable[Any]]) -> Any:
+        """Make the call; every way it can fail becomes a CloudError."""
+        try:
             async with asyncio.timeout(self._config.timeout_s):
                 response = await call()
         except AlibabaCloudException as exc:
@@ -166,13 +192,6 @@ class LiveApi:
             ) from None
         body = response.body
         ret_code = getattr(body, "ret_code", RET_SUCCESS)
-        log.info(
-            "aliyun.call",
-            action=action,
-            ret_code=ret_code,
-            request_id=getattr(body, "request_id", None),
-            seconds=round(self._clock() - started, 3),
-        )
         if ret_code not in (None, RET_SUCCESS):
             description = getattr(body, "description", "") or ""
             raise CloudError(
