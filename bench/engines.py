@@ -234,6 +234,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cloud.rows["CPU cores, emulated cloud process"] = f"{emulator_cpu / cloud_wall:.2f}"
         for summary in (local, cloud):  # the cloud path's relay does little: show it
             cores = summary.data["cpu_s"] / (summary.data["wall_s"] or 1e-9)
+            del summary.rows["CPU cores, server process"]  # its per-stream split is per round
             summary.rows["CPU cores, relay process"] = f"{cores:.3f}"
         columns = [("local engine", local), ("cloud (emulated)", cloud)]
         ratios = ratio_rows(local, cloud)

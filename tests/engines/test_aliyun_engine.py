@@ -22,10 +22,7 @@ from structlog.testing import capture_logs
 from relay.core import signature
 from relay.core.events import ResultChanged, SentenceEnd
 from relay.emulators.aliyun_live import (
-    DEV_ACCESS_KEY_ID,
     DEV_ACCESS_KEY_SECRET,
-    AliyunLiveEmulator,
-    EmulatorConfig,
     Faults,
     Refusal,
 )
@@ -33,36 +30,13 @@ from relay.emulators.signing import PopError
 from relay.engines.aliyun.client import LiveApi
 from relay.engines.aliyun.engine import AliyunEngine
 from relay.engines.base import TaskSink, TaskSpec
-from relay.engines.local.recognizer import Recognizer
 from relay.store.memory import MemoryStore
 from tests.audio import reference, wav
+from tests.engines.cloud import cloud, relay_settings
 from tests.support import Harness, recv_json, running_relay, watch_until_ended
 from tests.wer import wer
 
 RTC = {"mode": "rtc", "sdk_app_id": "app-1", "channel_id": "ch-1", "rtc_user_id": "u-1"}
-
-
-@contextlib.asynccontextmanager
-async def cloud(*, speech: bool, faults: Faults | None = None) -> AsyncIterator[tuple[Any, int]]:
-    recognizer = Recognizer(None, cpu_threads=2) if speech else None
-    emulator = AliyunLiveEmulator(
-        EmulatorConfig(recognizer=recognizer, preload=speech, faults=faults or Faults())
-    )
-    try:
-        async with emulator.running() as port:
-            yield emulator, port
-    finally:
-        if recognizer is not None:
-            recognizer.close()
-
-
-def relay_settings(port: int, **overrides: Any) -> dict[str, Any]:
-    return {
-        "aliyun_access_key_id": DEV_ACCESS_KEY_ID,
-        "aliyun_access_key_secret": DEV_ACCESS_KEY_SECRET,
-        "aliyun_endpoint": f"http://127.0.0.1:{port}",
-        **overrides,
-    }
 
 
 async def create(h: Harness, stream_id: str, source: dict[str, Any], **extra: Any) -> Any:
