@@ -232,6 +232,17 @@ async def test_cloud_refusals_and_outages_are_502() -> None:
     async with running_relay(**relay_settings(dead, aliyun_timeout_s=2)) as h:
         status, body = await create(h, "s1", RTC)
         assert (status, body["error"]["code"]) == (502, "cloud_unreachable")
+    # A cloud that accepts the connection and never answers.
+    held: list[asyncio.StreamWriter] = []
+    mute = await asyncio.start_server(lambda _, writer: held.append(writer), "127.0.0.1", 0)
+    async with mute, running_relay(**relay_settings(mute_port(mute), aliyun_timeout_s=1)) as h:
+        started = time.monotonic()
+        status, body = await create(h, "s1", RTC)
+        assert (status, body["error"]["code"]) == (502, "cloud_timeout")
+        assert time.monotonic() - started < 5
+        assert (await stream_info(h, "s1"))[0] == 404
+        for writer in held:
+            writer.close()
 
 
 async def test_without_credentials_the_engine_is_unavailable() -> None:
@@ -374,6 +385,11 @@ async def test_a_callback_that_beats_the_create_answer_is_told_to_retry() -> Non
 
 
 # --- helpers -------------------------------------------------------------------------
+
+
+def mute_port(server: asyncio.Server) -> int:
+    port: int = server.sockets[0].getsockname()[1]
+    return port
 
 
 def free_port() -> int:

@@ -182,11 +182,10 @@ class LiveApi:
         except AlibabaCloudException as exc:
             raise _refused(action, exc) from None
         except TimeoutError:
-            raise CloudError(
-                f"{action}: no answer from Alibaba Cloud within {self._config.timeout_s:g} s",
-                code="cloud_timeout",
-            ) from None
+            raise self._timed_out(action) from None
         except (TeaException, OSError) as exc:  # the SDK wraps connection errors
+            if isinstance(getattr(exc, "inner_exception", None), TimeoutError):
+                raise self._timed_out(action) from None  # the SDK's socket timeout came first
             raise CloudError(
                 f"{action}: cannot reach Alibaba Cloud: {_cause(exc)}", code="cloud_unreachable"
             ) from None
@@ -198,6 +197,12 @@ class LiveApi:
                 f"{action}: {description} (RetCode {ret_code})", code=f"RetCode.{ret_code}"
             )
         return body
+
+    def _timed_out(self, action: str) -> CloudError:
+        return CloudError(
+            f"{action}: no answer from Alibaba Cloud within {self._config.timeout_s:g} s",
+            code="cloud_timeout",
+        )
 
 
 def _refused(action: str, exc: AlibabaCloudException) -> CloudError:
