@@ -24,7 +24,7 @@ log = structlog.get_logger("relay.engines.aliyun")
 
 LANGUAGES = ("cn", "en", "ja", "yue", "fspk")  # CreateRtcAsrTask ``Language``
 TARGET_LANGUAGES = ("cn", "en", "ja")  # ``TargetLanguages``
-STREAM_SCHEMES = ("rtmp", "rtmps", "http", "https", "artc", "file")  # file: the emulator only
+STREAM_SCHEMES = ("rtmp", "rtmps", "http", "https", "file")  # file: the emulator only
 
 
 class AliyunEngine:
