@@ -83,7 +83,9 @@ def build_web_app(relay: Relay) -> web.Application:
     app[SERVICE] = relay.service
     app[METRICS] = relay.metrics
     app[VIEWER_COUNT] = relay.hub.count
-    checks: dict[str, ReadyCheck] = {"local_engine": relay.local.ready}
+    checks: dict[str, ReadyCheck] = {}
+    if relay.settings.local_preload:  # else the model loads on first use: nothing to wait for
+        checks["local_engine"] = relay.local.ready
     app[READY_CHECKS] = checks
     for table in (streams.routes, hooks.routes, callbacks.routes, health.routes, openapi.routes):
         app.add_routes(table)

@@ -169,6 +169,9 @@ async def test_health_ready_and_metrics() -> None:
         assert body == {"status": "ok"}
         async with h.session.get(f"{h.http}/metrics") as resp:
             text = await resp.text()
+    # Without preloading (a cloud-only deployment, say) nothing is waited for.
+    async with running_relay(local_preload=False) as h, h.session.get(f"{h.http}/readyz") as resp:
+        assert (resp.status, await resp.json()) == (200, {"status": "ok"})
     assert "relay_viewers 0.0" in text
     assert "# TYPE relay_callbacks_total counter" in text
     assert 'relay_tasks{state="running"} 0.0' in text
