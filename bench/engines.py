@@ -127,7 +127,7 @@ def cloud_path(port: int, pid: int) -> RelayEngine:
             "RELAY_ALIYUN_ACCESS_KEY_SECRET": ACCESS_KEY_SECRET,
             "RELAY_ALIYUN_ENDPOINT": f"http://{HOST}:{port}",
             "RELAY_INTERRUPT_AFTER_S": "3",
-            "RELAY_LOCAL_PRELOAD": "true",  # /readyz waits for it; it idles afterwards
+            "RELAY_LOCAL_PRELOAD": "false",  # relay needs no model on this path
         },
         source={"mode": "live"},
         # After the audio the cloud task auto-terminates; relay confirms it and the run ends.
