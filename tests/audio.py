@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from pathlib import Path
+
+from relay.engines.local.source import default_ffmpeg
 
 
 def _audio_dir() -> Path:
@@ -32,3 +35,29 @@ def reference(name: str) -> str:
 
 def wav(name: str) -> Path:
     return AUDIO_DIR / f"{name}.wav"
+
+
+def make_wav(path: Path, lavfi: str, seconds: float) -> Path:
+    """A 16 kHz mono WAV of ``seconds`` from an ffmpeg lavfi source (silence, noise, tones)."""
+    subprocess.run(
+        [
+            default_ffmpeg(),
+            "-nostdin",
+            "-loglevel",
+            "error",
+            "-f",
+            "lavfi",
+            "-i",
+            lavfi,
+            "-t",
+            str(seconds),
+            "-ac",
+            "1",
+            "-ar",
+            "16000",
+            str(path),
+        ],
+        check=True,
+        timeout=60,
+    )
+    return path

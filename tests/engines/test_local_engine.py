@@ -6,14 +6,12 @@ Files are read at 1x (`realtime`), like a live stream, so each case takes as lon
 from __future__ import annotations
 
 import asyncio
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from relay.engines.local.source import default_ffmpeg
-from tests.audio import reference, wav
+from tests.audio import make_wav, reference, wav
 from tests.support import Harness, running_relay, watch_until_ended
 from tests.wer import wer
 
@@ -64,31 +62,6 @@ async def test_captions_from_a_live_file(name: str) -> None:
     assert info["state"] == "terminated"
     assert info["latency"]["final"]["p50_ms"] > 0
     assert info["counters"]["finals"] == len(finals)
-
-
-def make_wav(path: Path, lavfi: str, seconds: float) -> Path:
-    subprocess.run(
-        [
-            default_ffmpeg(),
-            "-nostdin",
-            "-loglevel",
-            "error",
-            "-f",
-            "lavfi",
-            "-i",
-            lavfi,
-            "-t",
-            str(seconds),
-            "-ac",
-            "1",
-            "-ar",
-            "16000",
-            str(path),
-        ],
-        check=True,
-        timeout=60,
-    )
-    return path
 
 
 @pytest.mark.parametrize(
