@@ -12,9 +12,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import ipaddress
 import signal
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import structlog
 from aiohttp import web
@@ -178,6 +180,9 @@ class Relay:
             bound = Bound(_port(runner), ws.sockets[0].getsockname()[1])
             self.urls.bound(settings, bound.http_port, bound.ws_port)
             log.info("relay.started", http_port=bound.http_port, ws_port=bound.ws_port)
+            if self.aliyun is not None and not settings.aliyun_endpoint and _loopback(self.urls):
+                # The real cloud cannot call back to 127.0.0.1: every task would stay silent.
+                log.warning("aliyun.callbacks_unreachable", public_url=self.urls.http)
             yield bound
         log.info("relay.stopped")
 
@@ -186,6 +191,19 @@ class Relay:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self.settings.shutdown_timeout_s):
                 await ws.wait_closed()
+
+
+def _loopback(urls: PublicUrls) -> bool:
+    host = urlsplit(urls.http).hostname or ""
+    return host == "localhost" or (_is_ip(host) and ipaddress.ip_address(host).is_loopback)
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _port(runner: web.AppRunner) -> int:

@@ -245,6 +245,17 @@ async def test_cloud_refusals_and_outages_are_502() -> None:
             writer.close()
 
 
+async def test_a_loopback_callback_url_for_the_real_cloud_is_warned_about() -> None:
+    real_cloud: dict[str, Any] = {"aliyun_access_key_id": "LTAIx", "aliyun_access_key_secret": "s"}
+    with capture_logs() as logs:
+        async with running_relay(**real_cloud):
+            pass
+        async with running_relay(**real_cloud, public_url="https://relay.example.com"):
+            pass
+    warned = [e for e in logs if e["event"] == "aliyun.callbacks_unreachable"]
+    assert len(warned) == 1 and warned[0]["public_url"].startswith("http://127.0.0.1:")
+
+
 async def test_without_credentials_the_engine_is_unavailable() -> None:
     async with running_relay() as h:
         status, body = await create(h, "s1", RTC)
