@@ -177,8 +177,9 @@ class LocalEngine:
                 await asyncio.shield(task)
         except TimeoutError:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            # wait(), not `await task`: the run's CancelledError is expected and stays in the
+            # task, while a cancellation of our caller still propagates.
+            await asyncio.wait([task])
 
     async def release(self, task_id: str) -> None:
         await self.stop(task_id)  # a task relay ended by its timer still reads its source
