@@ -195,15 +195,12 @@ class Relay:
 
 def _loopback(urls: PublicUrls) -> bool:
     host = urlsplit(urls.http).hostname or ""
-    return host == "localhost" or (_is_ip(host) and ipaddress.ip_address(host).is_loopback)
-
-
-def _is_ip(host: str) -> bool:
+    if host == "localhost":
+        return True
     try:
-        ipaddress.ip_address(host)
-    except ValueError:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a name: assume the cloud can resolve it
         return False
-    return True
 
 
 def _port(runner: web.AppRunner) -> int:
