@@ -33,6 +33,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -99,7 +100,7 @@ def emulator() -> Iterator[tuple[subprocess.Popen[bytes], int, Path]]:
         while True:
             if proc.poll() is not None:
                 raise RuntimeError(f"emulator exited: {common.tail(log_path)}")
-            with contextlib.suppress(OSError), socket_to(port):
+            with contextlib.suppress(OSError), socket.create_connection((HOST, port), timeout=1):
                 break
             if time.monotonic() > deadline:
                 raise TimeoutError(f"emulator not listening: {common.tail(log_path)}")
@@ -108,14 +109,6 @@ def emulator() -> Iterator[tuple[subprocess.Popen[bytes], int, Path]]:
     finally:
         common.stop_process(proc)
         log_path.unlink(missing_ok=True)
-
-
-@contextlib.contextmanager
-def socket_to(port: int) -> Iterator[None]:
-    import socket
-
-    with socket.create_connection((HOST, port), timeout=1):
-        yield
 
 
 def cloud_path(port: int, pid: int) -> RelayEngine:

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -145,8 +146,6 @@ def _pairs(items: list[str]) -> list[tuple[str, str]]:
 
 
 async def _run_emulator(config: EmulatorConfig, host: str, port: int) -> None:
-    import signal
-
     from relay.emulators.aliyun_live import AliyunLiveEmulator
 
     stop = asyncio.Event()

@@ -15,6 +15,7 @@
     ├── BodyTooLarge (413 body_too_large)
     ├── CloudError (502, the cloud's own code)     a cloud API refused a call
     └── StoreUnavailable (503 store_unavailable)   the store cannot take it now; retry
+                         (503 task_registering)    a callback that beat its task's registration
 
 Each error knows its HTTP status and error code; web/errors.py turns them into
 ``{"error": {"code", "message"}}`` in one place. Messages never carry a secret.

@@ -1,13 +1,17 @@
-"""A client-side rate limit: when may the next call go?
+"""A rate limit: when may the next call go?
 
 Pure (the time is passed in). Calls are spaced evenly at ``rate_per_s`` after an initial
-``burst``; :meth:`RateLimiter.reserve` books the next slot and says how long to wait for it,
-so concurrent callers queue in order instead of all retrying at once.
+``burst``. A client queues: :meth:`RateLimiter.reserve` books the next slot and says how long
+to wait for it, so concurrent callers go in order instead of all retrying at once. A server
+refuses: :meth:`RateLimiter.try_acquire` books only a call that may go now, and otherwise
+says when one could (a retry-after).
 """
 
 from __future__ import annotations
 
 import math
+
+_ROUNDING_S = 1e-9
 
 
 class RateLimiter:
@@ -28,9 +32,21 @@ class RateLimiter:
 
     def reserve(self, now: float) -> float:
         """Book one call at ``now`` or later; return the seconds to wait before making it."""
+        wait = self._wait(now)
+        self._next_free = max(self._next_free, now) + self._interval
+        return wait
+
+    def try_acquire(self, now: float) -> float | None:
+        """Book a call at ``now`` if it may go now (``None``); else, booking nothing, return
+        the seconds until one may."""
+        wait = self._wait(now)
+        if wait > _ROUNDING_S:  # the sums behind _next_free drift by float rounding
+            return round(wait, 9)
+        self._next_free = max(self._next_free, now) + self._interval
+        return None
+
+    def _wait(self, now: float) -> float:
         if not math.isfinite(now):
             raise ValueError(f"now must be finite, got {now!r}")
         slack = (self._burst - 1) * self._interval
-        start = max(now, self._next_free - slack)
-        self._next_free = max(self._next_free, now) + self._interval
-        return start - now
+        return max(0.0, self._next_free - slack - now)

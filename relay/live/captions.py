@@ -136,8 +136,8 @@ class CaptionService:
         self._latencies: dict[str, dict[str, deque[float]]] = {}
         # Background work (cloud checks, releases) is owned by run()'s task group.
         self._group: asyncio.TaskGroup | None = None
-        self._checking: set[str] = set()
-        self._releasing: set[asyncio.Task[None]] = set()
+        self._background: set[asyncio.Task[None]] = set()
+        self._checking: set[str] = set()  # task ids with a cloud check out
         self._pending_tokens: set[str] = set()  # callback tokens of tasks being created
 
     # --- control -------------------------------------------------------------------
@@ -276,7 +276,10 @@ class CaptionService:
         record = await self._store.task_by_token(token)
         if record is None:
             if token in self._pending_tokens:
-                raise StoreUnavailable("the task of this callback URL is being registered; retry")
+                raise StoreUnavailable(
+                    "the task of this callback URL is being registered; retry",
+                    code="task_registering",
+                )
             raise UnknownCallback("no task has this callback URL")
         verdict = signature.verify(
             sig_time,
@@ -394,10 +397,7 @@ class CaptionService:
             if engine is not None:
                 # relay ended it (auto-terminate, stop) or the engine did: free the engine's
                 # side too, without holding up whoever ended it.
-                task = self._spawn(self._release(engine, live.record, stop=not live.stopping))
-                if task is not None:
-                    self._releasing.add(task)
-                    task.add_done_callback(self._releasing.discard)
+                self._spawn(self._release(engine, live.record, stop=not live.stopping))
 
     # --- timers ---------------------------------------------------------------------
 
@@ -417,14 +417,9 @@ class CaptionService:
         for live in list(self._live.values()):
             check = live.life.next_check()
             # One question at a time per task; the answer may take a while.
-            asking = live.record.task_id in self._checking
-            if (
-                check is not None
-                and check <= now
-                and not asking
-                and self._spawn(self._confirm(live))
-            ):
-                self._checking.add(live.record.task_id)
+            if check is not None and check <= now and live.record.task_id not in self._checking:
+                self._checking.add(live.record.task_id)  # _confirm discards it
+                self._spawn(self._confirm(live))
             deadline = live.life.next_deadline()
             if deadline is None or deadline > now:
                 continue
@@ -472,11 +467,13 @@ class CaptionService:
                 error=getattr(exc, "code", "timeout"),
             )
 
-    def _spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None] | None:
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         if self._group is None:  # not running (shutting down): nobody would await it
             work.close()
-            return None
-        return self._group.create_task(work)
+            return
+        task = self._group.create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     # --- start-up and shutdown ----------------------------------------------------
 
@@ -518,8 +515,8 @@ class CaptionService:
         async with asyncio.TaskGroup() as group:
             for stream_id in stopping:
                 group.create_task(self._stop_quietly(stream_id))
-        if self._releasing:  # the cloud-side deletes those stops started
-            await asyncio.wait(self._releasing)
+        if self._background:  # the cloud-side deletes those stops started
+            await asyncio.wait(self._background)
 
     async def _stop_quietly(self, stream_id: str) -> None:
         try:

@@ -68,3 +68,39 @@ def test_calls_slower_than_the_rate_never_wait(rate: float, burst: int) -> None:
     limiter = RateLimiter(rate, burst=burst)
     for k in range(50):
         assert limiter.reserve(k / rate * 1.0001) == 0
+
+
+def test_try_acquire_refuses_past_the_burst_without_booking() -> None:
+    limiter = RateLimiter(10, burst=2)
+    assert limiter.try_acquire(0.0) is None and limiter.try_acquire(0.0) is None
+    wait = limiter.try_acquire(0.0)
+    assert wait == pytest.approx(0.1)
+    assert limiter.try_acquire(0.05) == pytest.approx(0.05)  # refusals booked nothing
+    assert limiter.try_acquire(0.1) is None
+
+
+@given(
+    rate=st.floats(min_value=0.5, max_value=50),
+    burst=st.integers(min_value=1, max_value=10),
+    gaps=st.lists(st.floats(min_value=0, max_value=2), min_size=1, max_size=80),
+)
+def test_try_acquire_admits_no_more_than_the_limit_and_its_retry_after_is_true(
+    rate: float, burst: int, gaps: list[float]
+) -> None:
+    limiter = RateLimiter(rate, burst=burst)
+    now, admitted = 0.0, []
+    for gap in gaps:
+        now += gap
+        wait = limiter.try_acquire(now)
+        if wait is None:
+            admitted.append(now)
+        else:
+            assert wait > 0
+            probe = RateLimiter(rate, burst=burst)  # same history, then asked at now + wait
+            for t in admitted:
+                assert probe.try_acquire(t) is None
+            assert probe.try_acquire(now + wait) is None
+    eps = 1e-6  # admitted up to a nanosecond early (float rounding), times the rate
+    for i, first in enumerate(admitted):
+        for j in range(i, len(admitted)):
+            assert j - i + 1 <= burst + (admitted[j] - first) * rate + eps

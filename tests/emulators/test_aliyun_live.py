@@ -201,7 +201,7 @@ async def scripted_run(port: int, recv: Receiver, faults: dict[str, Any]) -> lis
         await client.stop_rtc_asr_task_async(live_models.StopRtcAsrTaskRequest(task_id=task_id))
     await recv.wait_for(lambda r: "TranscriptionCompleted" in r.names(), timeout=10)
     await asyncio.sleep(0.3)  # a duplicate of the last one may still come
-    assert recv.names()[-1] == "TranscriptionCompleted" or faults.get("duplicate")
+    assert recv.names()[-1] == "TranscriptionCompleted"  # a duplicate of it, at worst
     assert all(r.verdict is Verdict.OK for r in recv.got)
     return [r.callback.message_id or "" for r in recv.got]
 
@@ -224,7 +224,8 @@ async def test_each_fault_is_seen_at_the_receiver(fault: str) -> None:
         ids = await scripted_run(port, recv, {**settings, "seed": 1})
         stats = emu.snapshot()[0]["run"]["delivery"]
     expected = len(SCRIPT) + 1  # and TranscriptionCompleted
-    assert sorted(set(ids)) == sorted(ids if fault != "duplicate" else set(ids))
+    if fault != "duplicate":
+        assert len(ids) == len(set(ids))  # nothing delivered twice
     assert len(set(ids)) == expected  # nothing lost
     if fault in ("none", "drop", "delay"):
         assert ids == sorted(ids)  # the last 8 hex digits count callbacks: order kept

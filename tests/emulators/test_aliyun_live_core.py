@@ -24,7 +24,7 @@ from relay.core.events import (
 )
 from relay.emulators.aliyun_live import nls
 from relay.emulators.aliyun_live.faults import FaultPlan, Faults
-from relay.emulators.aliyun_live.ratelimit import RateLimiter
+from relay.emulators.aliyun_live.ratelimit import KeyedRateLimiter
 from relay.emulators.aliyun_live.report import ReportPolicy
 from relay.emulators.aliyun_live.tasks import (
     TRANSITIONS,
@@ -197,7 +197,7 @@ def test_bad_parameters_are_named(change: dict[str, str | None], code: str, name
 
 
 def test_twenty_calls_a_second_per_action_per_key() -> None:
-    limiter = RateLimiter()
+    limiter = KeyedRateLimiter()
     key = ("ak", "CreateRtcAsrTask")
     assert all(limiter.take(key, 10.0) is None for _ in range(20))
     wait = limiter.take(key, 10.0)
@@ -209,7 +209,7 @@ def test_twenty_calls_a_second_per_action_per_key() -> None:
 
 @given(st.lists(st.floats(0, 0.2), min_size=1, max_size=200))
 def test_the_limiter_never_passes_more_than_rate_plus_burst(gaps: list[float]) -> None:
-    limiter, now, passed = RateLimiter(), 0.0, 0
+    limiter, now, passed = KeyedRateLimiter(), 0.0, 0
     for gap in gaps:
         now += gap
         passed += limiter.take(("ak", "a"), now) is None

@@ -10,10 +10,10 @@ from relay.emulators.aliyun_live import (
     DEV_ACCESS_KEY_ID,
     DEV_ACCESS_KEY_SECRET,
     AliyunLiveEmulator,
-    EmulatorConfig,
     Faults,
 )
 from relay.engines.local.recognizer import Recognizer
+from tests.emulators.support import emulator
 
 
 @contextlib.asynccontextmanager
@@ -22,12 +22,15 @@ async def cloud(
 ) -> AsyncIterator[tuple[AliyunLiveEmulator, int]]:
     """The emulator on a free loopback port; with ``speech`` it loads the model to transcribe."""
     recognizer = Recognizer(None, cpu_threads=2) if speech else None
-    emulator = AliyunLiveEmulator(
-        EmulatorConfig(recognizer=recognizer, preload=speech, faults=faults or Faults())
-    )
     try:
-        async with emulator.running() as port:
-            yield emulator, port
+        async with emulator(
+            access_key_id=DEV_ACCESS_KEY_ID,
+            access_key_secret=DEV_ACCESS_KEY_SECRET,
+            recognizer=recognizer,
+            preload=speech,
+            faults=faults or Faults(),
+        ) as pair:
+            yield pair
     finally:
         if recognizer is not None:
             recognizer.close()

@@ -30,7 +30,6 @@ class Outgoing:
     body: bytes
     message_id: str
     name: str  # the NLS event name, for logs
-    terminal: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,10 +73,6 @@ class CallbackSender:
     def close(self) -> None:
         """No more batches: :meth:`run` returns once the queued ones are sent."""
         self._queue.put_nowait(None)
-
-    @property
-    def idle(self) -> bool:
-        return self._queue.empty()
 
     async def run(self) -> None:
         while (item := await self._queue.get()) is not None:

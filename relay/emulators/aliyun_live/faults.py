@@ -20,6 +20,7 @@ task, or when the sender is idle).
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -49,7 +50,8 @@ class Faults:
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Faults:
         """Build from the admin endpoint's JSON; unknown keys and bad types raise ValueError."""
-        known = {"duplicate", "drop", "reorder", "delay_ms", "burst", "seed"}
+        defaults = cls()
+        known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"unknown fault: {', '.join(sorted(unknown))}")
@@ -57,18 +59,11 @@ class Faults:
         for key, value in data.items():
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise ValueError(f"{key} must be a number")
-            kwargs[key] = int(value) if key in ("delay_ms", "burst", "seed") else float(value)
+            kwargs[key] = type(getattr(defaults, key))(value)  # int or float, as declared
         return cls(**kwargs)
 
     def as_json(self) -> dict[str, Any]:
-        return {
-            "duplicate": self.duplicate,
-            "drop": self.drop,
-            "reorder": self.reorder,
-            "delay_ms": self.delay_ms,
-            "burst": self.burst,
-            "seed": self.seed,
-        }
+        return dataclasses.asdict(self)
 
 
 @dataclass(frozen=True, slots=True)

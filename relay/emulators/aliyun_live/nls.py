@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from relay.core.callback import NLS_SUCCESS
 from relay.core.events import (
     RecognizerEvent,
     ResultChanged,
@@ -26,7 +27,6 @@ from relay.core.events import (
     Word,
 )
 
-NLS_SUCCESS = 20000000
 NAMESPACE = "SpeechTranscriber"
 
 

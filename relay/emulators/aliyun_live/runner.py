@@ -196,7 +196,7 @@ class TaskRun:
             terminal = isinstance(event, TranscriptionCompleted | TaskFailed)
             if isinstance(event, SentenceEnd):
                 self.sentences.append({"index": event.index, "text": event.text})
-            out = Outgoing(body, msg_id, type(event).__name__, terminal)
+            out = Outgoing(body, msg_id, type(event).__name__)
             self.callbacks += 1
             self._release(self.plan.offer(out, terminal=terminal))
 

@@ -17,11 +17,11 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from relay.core.callback import CallbackFormatError, parse_callback
+from relay.core.callback import NLS_SUCCESS, CallbackFormatError, parse_callback
 from relay.core.events import RecognizerEvent
 from relay.emulators.aliyun_live.emulator import AliyunLiveEmulator, Refusal
 from relay.emulators.aliyun_live.faults import Faults
-from relay.emulators.aliyun_live.ratelimit import RateLimiter
+from relay.emulators.aliyun_live.ratelimit import KeyedRateLimiter
 from relay.emulators.aliyun_live.tasks import parse_create
 from relay.emulators.signing import PopError, Request, Verifier, pairs
 
@@ -67,7 +67,9 @@ class _Api:
         keys = {config.access_key_id: config.access_key_secret}
         self.emulator = emulator
         self.verifier = Verifier(keys.get, max_skew_s=config.max_skew_s)
-        self.limiter = RateLimiter(rate=config.rate_per_s, burst=config.rate_per_s)
+        self.limiter = KeyedRateLimiter(
+            rate=config.rate_per_s, burst=max(1, int(config.rate_per_s))
+        )
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         request_id = str(uuid.uuid4()).upper()
@@ -237,7 +239,7 @@ def _scripted(task_id: str, raw: Any) -> list[RecognizerEvent]:
     for item in raw:
         if not isinstance(item, dict):
             raise ValueError("each event must be an object")
-        header = {"name": item.get("name"), "status": item.get("status", 20000000),
+        header = {"name": item.get("name"), "status": item.get("status", NLS_SUCCESS),
                   "status_text": item.get("status_text", "")}  # fmt: skip
         body = {
             "task_id": task_id,
