@@ -55,12 +55,7 @@ def test_no_window_holds_more_calls_than_the_limit(
         assert wait >= 0
         starts.append(now + wait)
     assert starts == sorted(starts)  # callers go in the order they asked
-    # Any window of length w holds at most burst + w * rate call starts.
-    eps = 1e-9
-    for i, first in enumerate(starts):
-        for j in range(i, len(starts)):
-            span = starts[j] - first
-            assert j - i + 1 <= burst + span * rate + eps
+    assert_within_limit(starts, rate, burst, eps=1e-9)
 
 
 @given(rate=st.floats(min_value=0.5, max_value=50), burst=st.integers(min_value=1, max_value=10))
@@ -100,7 +95,12 @@ def test_try_acquire_admits_no_more_than_the_limit_and_its_retry_after_is_true(
             for t in admitted:
                 assert probe.try_acquire(t) is None
             assert probe.try_acquire(now + wait) is None
-    eps = 1e-6  # admitted up to a nanosecond early (float rounding), times the rate
-    for i, first in enumerate(admitted):
-        for j in range(i, len(admitted)):
-            assert j - i + 1 <= burst + (admitted[j] - first) * rate + eps
+    # Admitted up to a nanosecond early (float rounding), times the rate.
+    assert_within_limit(admitted, rate, burst, eps=1e-6)
+
+
+def assert_within_limit(starts: list[float], rate: float, burst: int, *, eps: float) -> None:
+    """Any window of length w holds at most burst + w * rate of the (sorted) call starts."""
+    for i, first in enumerate(starts):
+        for j in range(i, len(starts)):
+            assert j - i + 1 <= burst + (starts[j] - first) * rate + eps
